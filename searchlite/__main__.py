@@ -1,0 +1,3 @@
+from searchlite.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The typer CLI (thin layer over searchlite.library)."""

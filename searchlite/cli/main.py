@@ -1,0 +1,243 @@
+"""The `searchlite` command: parse, call the library, print. No logic of its own.
+
+Heavy modules (torch, transformers, faiss) are imported inside commands so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from searchlite.errors import SearchliteError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Semantic image search with SigLIP, CLIP and ALIGN.")
+
+LibraryOpt = Annotated[Optional[Path], typer.Option("--library", "-L", help="Library folder "
+                       "(default: $SEARCHLITE_LIBRARY or the user data dir).", show_default=False)]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model spec or alias (default: the "
+                     "library's first model).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|mps")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _library(library: Path | None, device: str = "auto", batch_size: int = 32, create: bool = False):
+    from searchlite.library import Library
+
+    return Library(library, device=device, batch_size=batch_size, create=create)
+
+
+def _print_results(results, as_json: bool, paths_only: bool, what: str) -> None:
+    if as_json:
+        print(json.dumps([r.as_dict() for r in results], indent=1))
+        return
+    if not results:
+        print(f"no image matches {what}")
+        return
+    if paths_only:
+        for r in results:
+            print(r.path)
+        return
+    width = max(len(str(len(results))), 4)
+    print(f"{'rank':>{width}}  {'prob':>6}  {'score':>7}  path")
+    for r in results:
+        print(f"{r.rank:>{width}}  {r.probability:6.3f}  {r.score:7.4f}  {r.path}")
+
+
+def _filters(folder: Path | None, glob: str | None, after: str | None, before: str | None,
+             min_width: int | None, min_height: int | None, fmt: list[str] | None):
+    from searchlite.query import Filters
+
+    def date(s: str | None) -> datetime | None:
+        if not s:
+            return None
+        try:
+            return datetime.fromisoformat(s)
+        except ValueError as exc:
+            raise typer.BadParameter(f"not an ISO date: {s} (e.g. 2023-07-01)") from exc
+
+    return Filters(glob=glob, folder=folder.expanduser().resolve() if folder else None, after=date(after),
+                   before=date(before), min_width=min_width, min_height=min_height, formats=tuple(fmt or ()))
+
+
+FolderOpt = Annotated[Optional[Path], typer.Option("--folder", help="Only images under this folder.")]
+GlobOpt = Annotated[Optional[str], typer.Option("--glob", help="Only paths matching this glob, e.g. '*/2023/*'.")]
+AfterOpt = Annotated[Optional[str], typer.Option("--after", help="Taken on/after (EXIF, else mtime), ISO date.")]
+BeforeOpt = Annotated[Optional[str], typer.Option("--before", help="Taken on/before, ISO date.")]
+MinWOpt = Annotated[Optional[int], typer.Option("--min-width", help="Minimum width in pixels.")]
+MinHOpt = Annotated[Optional[int], typer.Option("--min-height", help="Minimum height in pixels.")]
+FormatOpt = Annotated[Optional[list[str]], typer.Option("--format", help="Only these formats (JPEG, PNG...).")]
+MinProbOpt = Annotated[Optional[float], typer.Option("--min-prob", help="Drop results below this probability.")]
+
+
+@app.command()
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Folders to index.")],
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model spec or alias; repeat for several.")] = None,
+    index_type: Annotated[Optional[str], typer.Option("--index", help="auto|flat|hnsw|ivf|ivfpq")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decode threads (default: cores).")] = None,
+    device: DeviceOpt = "auto",
+    no_draft: Annotated[bool, typer.Option("--no-draft", help="Full JPEG decode (exact parity).")] = False,
+    hidden: Annotated[bool, typer.Option("--hidden", help="Also index hidden folders and files.")] = False,
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index (or update) folders of images: new, changed, moved and deleted files."""
+    from tqdm import tqdm
+
+    from searchlite.vectors import INDEX_TYPES
+
+    if index_type and index_type not in INDEX_TYPES:
+        raise typer.BadParameter(f"--index must be one of {', '.join(INDEX_TYPES)}")
+    lib = _library(library, device, batch_size, create=True)
+    bars: list[tqdm] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:  # created on first progress, so model loading does not count against img/s
+            bars.append(tqdm(total=total, unit="img", desc="indexing", disable=as_json, dynamic_ncols=True))
+        bars[0].total = total
+        bars[0].update(done - bars[0].n)
+
+    try:
+        stats = lib.index(paths, model or (), index_type=index_type, workers=workers, draft=not no_draft,
+                          include_hidden=hidden, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    if as_json:
+        print(json.dumps(stats.as_dict(), indent=1))
+        return
+    print(f"added {stats.added}, updated {stats.updated}, moved {stats.moved}, removed {stats.removed}, "
+          f"failed {stats.failed}, unchanged {stats.unchanged} in {stats.seconds:.1f}s")
+    for model_id, factory in stats.index.items():
+        print(f"index for {model_id}: {factory}")
+    if stats.failed:
+        print("see `searchlite errors` for the files that could not be read")
+
+
+@app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option("-k", "--top", min=1)] = 20,
+    model: ModelOpt = None,
+    template: Annotated[Optional[str], typer.Option("--template", help="Prompt template; '{}' = the query.")] = None,
+    min_prob: MinProbOpt = None,
+    folder: FolderOpt = None, glob: GlobOpt = None, after: AfterOpt = None, before: BeforeOpt = None,
+    min_width: MinWOpt = None, min_height: MinHOpt = None, fmt: FormatOpt = None,
+    sort: Annotated[str, typer.Option("--sort", help="relevance|date")] = "relevance",
+    paths: Annotated[bool, typer.Option("--paths", help="Print paths only.")] = False,
+    device: DeviceOpt = "auto",
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Text-to-image search."""
+    lib = _library(library, device)
+    results = lib.search(text, model, k, template=template, min_prob=min_prob, sort=sort,
+                         filters=_filters(folder, glob, after, before, min_width, min_height, fmt))
+    _print_results(results, as_json, paths, f'"{text}"')
+
+
+@app.command()
+def similar(
+    image: Annotated[Path, typer.Argument(help="Query image (in the library or not).")],
+    k: Annotated[int, typer.Option("-k", "--top", min=1)] = 20,
+    model: ModelOpt = None,
+    min_prob: MinProbOpt = None,
+    folder: FolderOpt = None, glob: GlobOpt = None, after: AfterOpt = None, before: BeforeOpt = None,
+    min_width: MinWOpt = None, min_height: MinHOpt = None, fmt: FormatOpt = None,
+    paths: Annotated[bool, typer.Option("--paths", help="Print paths only.")] = False,
+    device: DeviceOpt = "auto",
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Image-to-image search."""
+    lib = _library(library, device)
+    results = lib.similar(image, model, k, min_prob=min_prob,
+                          filters=_filters(folder, glob, after, before, min_width, min_height, fmt))
+    _print_results(results, as_json, paths, str(image))
+
+
+@app.command()
+def status(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
+    """Counts of images (ok / pending / error) and vectors per model."""
+    info = _library(library).status()
+    if as_json:
+        print(json.dumps(info, indent=1))
+        return
+    print(f"library: {info['library']}")
+    for root in info["roots"]:
+        print(f"  root: {root}")
+    print("images: " + ", ".join(f"{k} {v}" for k, v in sorted(info["images"].items())) if info["images"]
+          else "images: none")
+    for m in info["models"]:
+        print(f"model {m['model']} ({m['family']}, d={m['dim']}): {info['vectors'].get(m['model_id'], 0)} vectors, "
+              f"index {m['index']} ({m['index_type']}){', calibrated' if m['calibrated'] else ''}")
+
+
+@app.command()
+def errors(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
+    """Files that could not be indexed, with the reason."""
+    rows = _library(library).errors()
+    if as_json:
+        print(json.dumps([{"path": p, "error": e} for p, e in rows], indent=1))
+        return
+    if not rows:
+        print("no errors")
+    for path, err in rows:
+        print(f"{path}\t{err}")
+
+
+@app.command()
+def reindex(
+    index_type: Annotated[str, typer.Option("--index", help="auto|flat|hnsw|ivf|ivfpq")] = "auto",
+    model: ModelOpt = None,
+    library: LibraryOpt = None,
+) -> None:
+    """Rebuild a model's FAISS index from the stored vectors (no re-embedding)."""
+    from searchlite.vectors import INDEX_TYPES
+
+    if index_type not in INDEX_TYPES:
+        raise typer.BadParameter(f"--index must be one of {', '.join(INDEX_TYPES)}")
+    factory = _library(library).reindex(model, index_type)
+    print(f"rebuilt: {factory}")
+
+
+@app.command()
+def models() -> None:
+    """List the model aliases and spec formats."""
+    from searchlite.models.registry import ALIASES, DEMO_ALIAS
+
+    for alias, spec in ALIASES.items():
+        print(f"{alias:12} {spec}")
+    print(f"{DEMO_ALIAS:12} the bundled demo model (sample_data/demo-model)")
+    print("\nspecs: hf:<hub id or folder> | openclip:<arch>@<tag or checkpoint file> | openclip:<folder>")
+
+
+def main() -> None:
+    """Entry point: domain errors become one-line messages and a non-zero exit status."""
+    try:
+        app(standalone_mode=False)
+    except SearchliteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except __import__("click").exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except __import__("click").exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Settings resolved once from the environment (and CLI flags), passed down explicitly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Model used when neither --model nor the library says otherwise.
+DEFAULT_MODEL = os.environ.get("SEARCHLITE_MODEL", "siglip-base")
+
+
+def default_library() -> Path:
+    """$SEARCHLITE_LIBRARY, else the platform's user data dir (e.g. ~/.local/share/searchlite)."""
+    env = os.environ.get("SEARCHLITE_LIBRARY")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("searchlite", appauthor=False))

@@ -1,0 +1,185 @@
+"""The Embedder protocol every backend implements, and the shared torch plumbing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+Family = Literal["siglip", "clip", "align"]
+
+#: Default prompt template per family. SigLIP's is the one the HF zero-shot pipeline uses;
+#: CLIP's is the standard OpenAI single template; ALIGN was trained on noisy alt-text, and
+#: the same short template works best among the ones we tried, so it shares CLIP's.
+DEFAULT_TEMPLATES: dict[str, str] = {
+    "siglip": "This is a photo of {}.",
+    "clip": "a photo of {}.",
+    "align": "a photo of {}.",
+}
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    """How the model turns a cosine similarity into a logit: ``logit = scale * cos + bias``.
+
+    SigLIP: ``scale = exp(logit_scale)``, ``bias = logit_bias`` (the model's own sigmoid logit).
+    CLIP: ``scale = exp(logit_scale)``, ``bias = 0``. ALIGN: ``scale = 1 / temperature``, ``bias = 0``.
+    """
+
+    scale: float
+    bias: float = 0.0
+
+    def logits(self, cos: np.ndarray | float) -> np.ndarray | float:
+        """Model-scaled logits for cosine similarities."""
+        return self.scale * cos + self.bias
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What the indexer, the query engine and the benchmarks need from a model."""
+
+    model_id: str
+    family: Family
+    template: str
+    score: ScoreParams
+    image_size: tuple[int, int]
+    preprocess_config: dict[str, Any]
+
+    @property
+    def dim(self) -> int: ...
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """One RGB PIL image -> float32 CHW model input (thread-safe, no torch state)."""
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Stacked model inputs (n, C, H, W) -> float32 (n, d), L2-normalised."""
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """RGB PIL images -> float32 (n, d), L2-normalised."""
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts (already templated) -> float32 (n, d), L2-normalised."""
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when a CUDA GPU is usable, else 'mps' on Apple silicon, else 'cpu'."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from searchlite.errors import ModelLoadError
+
+        raise ModelLoadError(f"--device {device} was asked for, but torch sees no CUDA GPU")
+    return device
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation in float32 (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+@dataclass
+class TorchEmbedder:
+    """Shared device, batching and precision handling for torch backends.
+
+    Subclasses set the model fields and implement ``_image_features`` and ``_text_features``
+    returning unnormalised torch tensors.
+    """
+
+    model_id: str
+    family: Family
+    template: str
+    score: ScoreParams
+    image_size: tuple[int, int]
+    preprocess_config: dict[str, Any]
+    device: str = "cpu"
+    batch_size: int = 32
+    precision: str = "auto"
+    _dim: int | None = field(default=None, repr=False)
+
+    # -- hooks -----------------------------------------------------------------------------
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _text_features(self, texts: list[str]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(self.embed_texts([""]).shape[1])
+        return self._dim
+
+    def _autocast(self):
+        """fp16/bf16 autocast on CUDA (bf16 where supported); a no-op on CPU for exact parity."""
+        import contextlib
+
+        import torch
+
+        if self.device.startswith("cuda") and self.precision != "fp32":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            if self.precision == "fp16":
+                dtype = torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return contextlib.nullcontext()
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        if self.device.startswith("cuda"):
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(pixels), self.batch_size):
+                feats = self._image_features(self._to_device(pixels[start : start + self.batch_size]))
+                out.append(feats.float().cpu().numpy())
+        if not out:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return l2_normalize(np.concatenate(out))
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.embed_pixels(np.stack([self.preprocess(im) for im in images]))
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        texts = list(texts)
+        out = []
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(texts), self.batch_size):
+                out.append(self._text_features(texts[start : start + self.batch_size]).float().cpu().numpy())
+        if not out:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return l2_normalize(np.concatenate(out))
+
+    def format_query(self, text: str, template: str | None = None) -> str:
+        """Wrap a user query in the prompt template ('{}' is replaced by the query)."""
+        return (template or self.template).format(text)

@@ -1,0 +1,131 @@
+"""Model spec strings -> Embedders.
+
+Specs:
+  ``openclip:<arch>@<pretrained tag | checkpoint file>``  e.g. ``openclip:ViT-B-32-quickgelu@openai``
+  ``openclip:<folder>``                                   a folder with open_clip_config.json + weights
+  ``hf:<hub id | local folder>``                          e.g. ``hf:google/siglip-so400m-patch14-384``
+  an alias from :data:`ALIASES` (``siglip``, ``siglip-base``, ``clip``, ``align``, ``demo``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from searchlite.errors import ModelLoadError
+from searchlite.models.base import Embedder
+
+#: Short names -> full specs. Sizes and CPU speeds are in the README's model table.
+ALIASES: dict[str, str] = {
+    "siglip": "hf:google/siglip-so400m-patch14-384",
+    "siglip-base": "hf:google/siglip-base-patch16-224",
+    "clip": "hf:openai/clip-vit-base-patch32",
+    "clip-large": "hf:openai/clip-vit-large-patch14",
+    "align": "hf:kakaobrain/align-base",
+}
+
+DEMO_ALIAS = "demo"
+
+
+def demo_model_dir() -> Path:
+    """The bundled demo model (sample_data/demo-model in a source checkout, or $SEARCHLITE_DEMO_MODEL)."""
+    env = os.environ.get("SEARCHLITE_DEMO_MODEL")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "sample_data" / "demo-model"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec: which backend, what to load, and the id stored with every vector."""
+
+    backend: str  # "hf" | "openclip"
+    source: str  # hub id, folder, or open_clip architecture
+    pretrained: str | None
+    model_id: str
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.source).expanduser().is_dir() or (
+            self.pretrained is not None and Path(self.pretrained).expanduser().is_file()
+        )
+
+
+def fingerprint(path: Path) -> str:
+    """A fast, move-proof fingerprint of a weights file or folder: size + head + tail bytes."""
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.suffix in {".safetensors", ".bin", ".pt", ".pth", ".json", ".model"}
+    )
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with open(file, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            if size > 1 << 20:
+                fh.seek(max(size - (1 << 20), 1 << 20))
+                digest.update(fh.read(1 << 20))
+    return digest.hexdigest()[:12]
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """Resolve aliases and parse a spec string into a :class:`ModelSpec` (no weights are loaded)."""
+    spec = spec.strip()
+    if spec == DEMO_ALIAS:
+        folder = demo_model_dir()
+        if not folder.is_dir():
+            raise ModelLoadError(
+                f"the demo model is not at {folder}; run from a source checkout or set SEARCHLITE_DEMO_MODEL"
+            )
+        return ModelSpec("hf", str(folder), None, f"demo#{fingerprint(folder)}")
+    spec = ALIASES.get(spec, spec)
+    backend, sep, rest = spec.partition(":")
+    if not sep or backend not in {"hf", "openclip"} or not rest:
+        raise ModelLoadError(
+            f"bad model spec '{spec}': use hf:<hub id or folder>, openclip:<arch>@<tag or file>, "
+            f"openclip:<folder>, or an alias ({', '.join([*ALIASES, DEMO_ALIAS])})"
+        )
+    if backend == "hf":
+        folder = Path(rest).expanduser()
+        if folder.is_dir():
+            return ModelSpec("hf", str(folder.resolve()), None, f"hf:{folder.resolve().name}#{fingerprint(folder)}")
+        return ModelSpec("hf", rest, None, f"hf:{rest}")
+    arch, _, pretrained = rest.partition("@")
+    folder = Path(arch).expanduser()
+    if folder.is_dir():
+        return ModelSpec("openclip", str(folder.resolve()), None,
+                         f"openclip:{folder.resolve().name}#{fingerprint(folder)}")
+    if not pretrained:
+        raise ModelLoadError(
+            f"openclip spec '{spec}' needs weights: openclip:{arch}@<pretrained tag or checkpoint file>"
+        )
+    weights = Path(pretrained).expanduser()
+    if weights.is_file():
+        return ModelSpec("openclip", arch, str(weights.resolve()), f"openclip:{arch}@{weights.stem}#{fingerprint(weights)}")
+    if pretrained.startswith((".", "/", "~")) or pretrained.endswith((".safetensors", ".bin", ".pt", ".pth")):
+        raise ModelLoadError(f"checkpoint file not found: {pretrained}")
+    return ModelSpec("openclip", arch, pretrained, f"openclip:{arch}@{pretrained}")
+
+
+@lru_cache(maxsize=8)
+def _load(spec: ModelSpec, device: str, batch_size: int, precision: str) -> Embedder:
+    if spec.backend == "hf":
+        from searchlite.models.hf import HFEmbedder
+
+        return HFEmbedder(spec.source, spec.model_id, device=device, batch_size=batch_size, precision=precision)
+    from searchlite.models.openclip import OpenClipEmbedder
+
+    return OpenClipEmbedder(spec.source, spec.pretrained, spec.model_id, device=device,
+                            batch_size=batch_size, precision=precision)
+
+
+def load_embedder(spec: str | ModelSpec, device: str = "auto", batch_size: int = 32,
+                  precision: str = "auto") -> Embedder:
+    """Load (or reuse from this process's cache) the Embedder for a spec string."""
+    from searchlite.models.base import resolve_device
+
+    parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    return _load(parsed, resolve_device(device), batch_size, precision)

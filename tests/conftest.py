@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny offline checkpoints (built once per session) and awkward test images."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="session")
+def hf_siglip(tiny_dir: Path) -> Path:
+    return tiny_models.build_siglip(tiny_dir / "siglip")
+
+
+@pytest.fixture(scope="session")
+def hf_clip(tiny_dir: Path) -> Path:
+    return tiny_models.build_clip(tiny_dir / "clip")
+
+
+@pytest.fixture(scope="session")
+def hf_align(tiny_dir: Path) -> Path:
+    return tiny_models.build_align(tiny_dir / "align")
+
+
+@pytest.fixture(scope="session")
+def oc_clip(tiny_dir: Path) -> Path:
+    return tiny_models.build_openclip(tiny_dir / "oc-clip", "clip")
+
+
+@pytest.fixture(scope="session")
+def oc_siglip(tiny_dir: Path) -> Path:
+    return tiny_models.build_openclip(tiny_dir / "oc-siglip", "siglip")
+
+
+def _pattern(w: int, h: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * (3 + seed)) % 256, (yy * 5) % 256, ((xx + yy) * 2) % 256], -1)
+    return np.clip(base + rng.integers(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def sample_images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Images of different sizes, aspect ratios, modes and formats, written to disk."""
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    rgb = Image.fromarray(_pattern(120, 80, 1))
+    rgb.save(folder / "landscape.jpg", quality=92)
+    Image.fromarray(_pattern(37, 200, 2)).save(folder / "tall.png")
+    Image.fromarray(_pattern(300, 41, 3)).convert("L").save(folder / "wide-grey.png")
+    rgba = Image.fromarray(_pattern(64, 64, 4)).convert("RGBA")
+    alpha = Image.fromarray((np.indices((64, 64)).sum(0) * 2 % 256).astype(np.uint8))
+    rgba.putalpha(alpha)
+    rgba.save(folder / "alpha.png")
+    pal = Image.fromarray(_pattern(90, 50, 5)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pal.save(folder / "palette-transparent.gif", transparency=3)
+    Image.fromarray(_pattern(70, 90, 6)).convert("CMYK").save(folder / "cmyk.jpg")
+    i16 = Image.fromarray((np.indices((48, 60))[1] * 1000).astype(np.uint16))
+    i16.save(folder / "sixteen-bit.png")
+    paths = sorted(folder.iterdir())
+    return paths

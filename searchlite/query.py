@@ -105,12 +105,19 @@ def search_vectors(catalog: Catalog, model: ModelRow, index: VectorIndex, query:
     a, b = calibration(model)
     q = np.asarray(query, dtype=np.float32).reshape(1, -1)
     total = index.ntotal
-    fetch = min(total, max(k * 2, k + len(exclude) + model.index_stale, 16))
+    compressed = "PQ" in index.factory
+    fetch = min(total, max(k * (4 if compressed else 2), k + len(exclude) + model.index_stale, 16))
     results: list[SearchResult] = []
     while True:
         scores, ids = index.search(q, fetch)
         pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in exclude]
-        valid = catalog.valid_ids(model.id, [i for _, i in pairs])
+        if compressed:
+            # PQ scores are approximate: re-score the candidates with the exact stored vectors
+            exact = catalog.vectors_for(model.id, [i for _, i in pairs])
+            pairs = sorted(((float(exact[i] @ q[0]), i) for _, i in pairs if i in exact), key=lambda p: (-p[0], p[1]))
+            valid = set(exact)
+        else:
+            valid = catalog.valid_ids(model.id, [i for _, i in pairs])
         rows = catalog.images_by_id(valid)
         results = []
         for cos, image_id in pairs:

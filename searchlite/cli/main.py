@@ -9,7 +9,7 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,9 +18,9 @@ from searchlite.errors import SearchliteError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Semantic image search with SigLIP, CLIP and ALIGN.")
 
-LibraryOpt = Annotated[Optional[Path], typer.Option("--library", "-L", help="Library folder "
+LibraryOpt = Annotated[Path | None, typer.Option("--library", "-L", help="Library folder "
                        "(default: $SEARCHLITE_LIBRARY or the user data dir).", show_default=False)]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model spec or alias (default: the "
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model spec or alias (default: the "
                      "library's first model).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|mps")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -65,23 +65,23 @@ def _filters(folder: Path | None, glob: str | None, after: str | None, before: s
                    before=date(before), min_width=min_width, min_height=min_height, formats=tuple(fmt or ()))
 
 
-FolderOpt = Annotated[Optional[Path], typer.Option("--folder", help="Only images under this folder.")]
-GlobOpt = Annotated[Optional[str], typer.Option("--glob", help="Only paths matching this glob, e.g. '*/2023/*'.")]
-AfterOpt = Annotated[Optional[str], typer.Option("--after", help="Taken on/after (EXIF, else mtime), ISO date.")]
-BeforeOpt = Annotated[Optional[str], typer.Option("--before", help="Taken on/before, ISO date.")]
-MinWOpt = Annotated[Optional[int], typer.Option("--min-width", help="Minimum width in pixels.")]
-MinHOpt = Annotated[Optional[int], typer.Option("--min-height", help="Minimum height in pixels.")]
-FormatOpt = Annotated[Optional[list[str]], typer.Option("--format", help="Only these formats (JPEG, PNG...).")]
-MinProbOpt = Annotated[Optional[float], typer.Option("--min-prob", help="Drop results below this probability.")]
+FolderOpt = Annotated[Path | None, typer.Option("--folder", help="Only images under this folder.")]
+GlobOpt = Annotated[str | None, typer.Option("--glob", help="Only paths matching this glob, e.g. '*/2023/*'.")]
+AfterOpt = Annotated[str | None, typer.Option("--after", help="Taken on/after (EXIF, else mtime), ISO date.")]
+BeforeOpt = Annotated[str | None, typer.Option("--before", help="Taken on/before, ISO date.")]
+MinWOpt = Annotated[int | None, typer.Option("--min-width", help="Minimum width in pixels.")]
+MinHOpt = Annotated[int | None, typer.Option("--min-height", help="Minimum height in pixels.")]
+FormatOpt = Annotated[list[str] | None, typer.Option("--format", help="Only these formats (JPEG, PNG...).")]
+MinProbOpt = Annotated[float | None, typer.Option("--min-prob", help="Drop results below this probability.")]
 
 
 @app.command()
 def index(
     paths: Annotated[list[Path], typer.Argument(help="Folders to index.")],
-    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model spec or alias; repeat for several.")] = None,
-    index_type: Annotated[Optional[str], typer.Option("--index", help="auto|flat|hnsw|ivf|ivfpq")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model spec or alias; repeat for several.")] = None,
+    index_type: Annotated[str | None, typer.Option("--index", help="auto|flat|hnsw|ivf|ivfpq")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decode threads (default: cores).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decode threads (default: cores).")] = None,
     device: DeviceOpt = "auto",
     no_draft: Annotated[bool, typer.Option("--no-draft", help="Full JPEG decode (exact parity).")] = False,
     hidden: Annotated[bool, typer.Option("--hidden", help="Also index hidden folders and files.")] = False,
@@ -126,21 +126,55 @@ def search(
     text: Annotated[str, typer.Argument(help="What to look for.")],
     k: Annotated[int, typer.Option("-k", "--top", min=1)] = 20,
     model: ModelOpt = None,
-    template: Annotated[Optional[str], typer.Option("--template", help="Prompt template; '{}' = the query.")] = None,
+    template: Annotated[str | None, typer.Option("--template", help="Prompt template; '{}' = the query.")] = None,
     min_prob: MinProbOpt = None,
     folder: FolderOpt = None, glob: GlobOpt = None, after: AfterOpt = None, before: BeforeOpt = None,
     min_width: MinWOpt = None, min_height: MinHOpt = None, fmt: FormatOpt = None,
     sort: Annotated[str, typer.Option("--sort", help="relevance|date")] = "relevance",
     paths: Annotated[bool, typer.Option("--paths", help="Print paths only.")] = False,
+    rerank: Annotated[str | None, typer.Option("--rerank", help="Re-score the candidates with this model.")] = None,
+    candidates: Annotated[int, typer.Option("--candidates", min=1, help="First-stage pool for --rerank.")] = 100,
+    fusion: Annotated[str, typer.Option("--fusion", help="replace|rrf|prob (with --rerank).")] = "replace",
     device: DeviceOpt = "auto",
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Text-to-image search."""
+    """Text-to-image search (optionally re-ranked by a second model)."""
     lib = _library(library, device)
-    results = lib.search(text, model, k, template=template, min_prob=min_prob, sort=sort,
-                         filters=_filters(folder, glob, after, before, min_width, min_height, fmt))
+    filters = _filters(folder, glob, after, before, min_width, min_height, fmt)
+    if rerank:
+        from searchlite.rerank import rerank as run_rerank
+
+        results = run_rerank(lib, text, model, rerank, k, candidates, fusion, template, filters, min_prob)
+    else:
+        results = lib.search(text, model, k, template=template, min_prob=min_prob, sort=sort, filters=filters)
     _print_results(results, as_json, paths, f'"{text}"')
+
+
+@app.command()
+def compare(
+    text: Annotated[str, typer.Argument(help="What to look for.")],
+    models: Annotated[str, typer.Option("--models", help="Comma-separated model specs or aliases.")],
+    k: Annotated[int, typer.Option("-k", "--top", min=1)] = 10,
+    candidates: Annotated[int, typer.Option("--candidates", min=1)] = 100,
+    shared: Annotated[bool, typer.Option("--shared-pool", help="Every model re-scores the first model's pool.")] = False,
+    device: DeviceOpt = "auto",
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Side-by-side top-k of several models, with where they agree."""
+    from searchlite.rerank import compare as run_compare
+
+    specs = [m.strip() for m in models.split(",") if m.strip()]
+    out = run_compare(_library(library, device), text, specs, k, candidates, shared)
+    if as_json:
+        print(json.dumps({spec: [r.as_dict() for r in res] for spec, res in out.items()}, indent=1))
+        return
+    for spec, res in out.items():
+        print(f"== {spec}")
+        for r in res:
+            agree = f"  [also: {', '.join(r.extra['also_in'])}]" if r.extra.get("also_in") else ""
+            print(f"{r.rank:>4}  {r.probability:6.3f}  {r.path}{agree}")
 
 
 @app.command()
@@ -206,6 +240,99 @@ def reindex(
         raise typer.BadParameter(f"--index must be one of {', '.join(INDEX_TYPES)}")
     factory = _library(library).reindex(model, index_type)
     print(f"rebuilt: {factory}")
+
+
+def _bench_library(dataset: Path, library: Path | None, device: str):
+    import hashlib
+
+    from platformdirs import user_cache_dir
+
+    if library is None:
+        key = hashlib.sha256(str(dataset.expanduser().resolve()).encode()).hexdigest()[:16]
+        library = Path(user_cache_dir("searchlite", appauthor=False)) / "bench" / key
+    return _library(library, device, create=True)
+
+
+@app.command()
+def bench(
+    dataset: Annotated[Path, typer.Argument(help="captions.jsonl/.csv folder or file, COCO/Karpathy JSON, TSV.")],
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Model to benchmark; repeat for several.")],
+    rerank: Annotated[list[str] | None, typer.Option("--rerank", help="A:B = B re-scores A's candidates.")] = None,
+    index_type: Annotated[str | None, typer.Option("--index", help="auto|flat|hnsw|ivf|ivfpq")] = None,
+    ks: Annotated[str, typer.Option("-k", help="Comma-separated k values.")] = "1,5,10",
+    template: Annotated[str | None, typer.Option("--template", help="Wrap captions (default: as-is).")] = None,
+    candidates: Annotated[int, typer.Option("--candidates", min=1)] = 100,
+    images: Annotated[Path | None, typer.Option("--images", help="Image folder for JSON/TSV datasets.")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Karpathy split (e.g. test).")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write recall@k curves to a PNG.")] = None,
+    device: DeviceOpt = "auto",
+    library: Annotated[Path | None, typer.Option("--library", "-L", help="Bench cache library.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retrieval benchmark: recall@k and MRR per model and rerank pair, plus ANN recall."""
+    from tqdm import tqdm
+
+    from searchlite.evaluation.bench import format_table, run_bench
+    from searchlite.evaluation.datasets import read_captions
+
+    try:
+        k_values = sorted({int(k) for k in ks.split(",") if k.strip()})
+    except ValueError as exc:
+        raise typer.BadParameter("-k takes comma-separated integers, e.g. 1,5,10") from exc
+    for pair in rerank or []:
+        if ":" not in pair:
+            raise typer.BadParameter(f"--rerank takes A:B, got {pair}")
+    ds = read_captions(dataset, images, split)
+    for problem in ds.problems[:20]:
+        print(f"warning: {problem}", file=sys.stderr)
+    if len(ds.problems) > 20:
+        print(f"warning: ... and {len(ds.problems) - 20} more problems", file=sys.stderr)
+    lib = _bench_library(dataset, library, device)
+    bars: list = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="img", desc="embedding", dynamic_ncols=True))
+        bars[0].total = total
+        bars[0].update(done - bars[0].n)
+
+    try:
+        result = run_bench(lib, ds, model, rerank or (), k_values, template, candidates, index_type, progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    if plot:
+        from searchlite.evaluation.plot import plot_recall
+
+        plot_recall(result, plot)
+    print(json.dumps(result, indent=1) if as_json else format_table(result))
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path | None, typer.Option("--dir", help="Where to put sample images and the demo library "
+                                                    "(default: the user cache dir).")] = None,
+    count: Annotated[int, typer.Option("--count", min=10)] = 300,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Offline end-to-end demo: sample images + bundled model -> index, search, similar, bench."""
+    from platformdirs import user_cache_dir
+    from tqdm import tqdm
+
+    from searchlite.demo import run_demo
+
+    bars: list = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="img", desc="indexing", dynamic_ncols=True))
+        bars[0].total = total
+        bars[0].update(done - bars[0].n)
+        if done >= total:
+            bars.pop().close()
+
+    run_demo(workdir or Path(user_cache_dir("searchlite", appauthor=False)) / "demo", count, device=device,
+             progress=progress)
 
 
 @app.command()

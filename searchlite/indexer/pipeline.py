@@ -60,7 +60,8 @@ class _Work:
     path: Path
     old_sha: str | None
     is_new: bool
-    needs: list[int]  # positions in the embedder list that lack a vector for this image
+    missing: list[int]  # positions in the embedder list that lack a vector for this image
+    recheck: bool  # pending: size/mtime changed (or new), so the content may differ
 
 
 @dataclass
@@ -133,14 +134,14 @@ class Indexer:
     def _work_items(self, run: int) -> Iterator[_Work]:
         roots = self.catalog.roots()
         last_id = 0
-        missing = [not_(exists().where(and_(Embedding.image_id == ImageRow.id, Embedding.model_ref == m.id)))
+        lacks_vector = [not_(exists().where(and_(Embedding.image_id == ImageRow.id, Embedding.model_ref == m.id)))
                    for m in self.models]
         while True:
             with self.catalog.Session() as s:
                 rows = list(s.scalars(
                     select(ImageRow).where(
                         ImageRow.id > last_id, ImageRow.seen_run == run,
-                        or_(ImageRow.status == "pending", and_(ImageRow.status == "ok", or_(*missing))))
+                        or_(ImageRow.status == "pending", and_(ImageRow.status == "ok", or_(*lacks_vector))))
                     .order_by(ImageRow.id).limit(SCAN_CHUNK)))
                 have: dict[int, set[int]] = {}
                 ids = [r.id for r in rows]
@@ -151,10 +152,9 @@ class Indexer:
                 return
             for r in rows:
                 got = have.get(r.id, set())
-                needs = [i for i, m in enumerate(self.models) if m.id not in got]
-                content_may_change = r.status == "pending"
-                yield _Work(r.id, Path(roots[r.root_id]) / r.relpath, r.sha256, r.sha256 is None,
-                            needs if not content_may_change else list(range(len(self.models))))
+                missing = [i for i, m in enumerate(self.models) if m.id not in got]
+                yield _Work(r.id, Path(roots[r.root_id]) / r.relpath, r.sha256, r.sha256 is None, missing,
+                            r.status == "pending")
             last_id = rows[-1].id
 
     def _decode(self, work: _Work) -> _Done:
@@ -166,13 +166,12 @@ class Indexer:
         if not data:
             return _Done(work, error="empty file (0 bytes)")
         sha = hashlib.sha256(data).hexdigest()
-        if work.old_sha == sha and not work.needs:
-            return _Done(work, sha=sha, same_content=True)
+        same = work.old_sha == sha
         moved_from = self._vanished.get(sha) if work.is_new else None
         if moved_from is not None:
             return _Done(work, sha=sha, moved_from=moved_from)
-        same = work.old_sha == sha
-        needs = work.needs
+        # same content: only models lacking a vector; new or changed content: every model
+        needs = work.missing if same or not work.recheck else list(range(len(self.embedders)))
         if not needs:
             return _Done(work, sha=sha, same_content=same)
         try:

@@ -1,0 +1,63 @@
+"""`searchlite demo`: the whole product offline, on generated sample images and the bundled model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from searchlite.errors import SearchliteError
+from searchlite.models.registry import demo_model_dir
+
+DEMO_SEED = 20261122  # not used in training (train uses seed 0)
+
+
+def _generator():
+    path = demo_model_dir().parent / "generate.py"
+    if not path.is_file():
+        raise SearchliteError(f"sample_data/generate.py not found next to the demo model ({path.parent})")
+    spec = importlib.util.spec_from_file_location("searchlite_sample_generate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_demo(workdir: Path, count: int = 300, seed: int = DEMO_SEED, device: str = "auto",
+             say: Callable[[str], None] = print, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Generate (or reuse) a test split, index it with the demo model, query it, and benchmark it."""
+    from searchlite.evaluation.bench import format_table, run_bench
+    from searchlite.evaluation.datasets import read_captions
+    from searchlite.library import Library
+
+    images = workdir / f"images-{seed}-{count}"
+    if not (images / "captions.jsonl").is_file():
+        say(f"generating {count} sample images in {images}")
+        _generator().generate(images, count, seed, "test")
+    lib = Library(workdir / "library", device=device)
+    stats = lib.index([images], ["demo"], progress=progress)
+    say(f"indexed: added {stats.added}, unchanged {stats.unchanged}, failed {stats.failed} "
+        f"({stats.seconds:.1f}s); index {', '.join(stats.index.values())}")
+    captions = {json.loads(line)["image"]: json.loads(line)["caption"]
+                for line in (images / "captions.jsonl").read_text().splitlines() if line.strip()}
+
+    def caption_of(path: str) -> str:
+        return captions.get(Path(path).name, "?")
+
+    queries = ["two big red circles on a black background", "one small blue square on a white background",
+               "three yellow triangles"]
+    for text in queries:
+        say(f'\nsearch "{text}"')
+        for r in lib.search(text, "demo", k=3):
+            say(f"  {r.rank}. p={r.probability:.3f}  {Path(r.path).name}  ({caption_of(r.path)})")
+    say('\nsearch "a giraffe on the moon" --min-prob 0.5')
+    hits = lib.search("a giraffe on the moon", "demo", k=3, min_prob=0.5)
+    say("  no image matches" if not hits else "\n".join(f"  {r.rank}. p={r.probability:.3f} {r.path}" for r in hits))
+    first = sorted(captions)[0]
+    say(f"\nsimilar {first}  ({captions[first]})")
+    for r in lib.similar(images / first, "demo", k=3):
+        say(f"  {r.rank}. {Path(r.path).name}  ({caption_of(r.path)})")
+    say("\nbench (text->image and image->text retrieval on the generated test split)")
+    result = run_bench(lib, read_captions(images), ["demo"])
+    say(format_table(result))
+    return result

@@ -1,0 +1,1 @@
+"""Metrics, dataset readers and the bench runner."""

@@ -79,9 +79,9 @@ def render(scene: Scene, rng: random.Random, width: int | None = None, height: i
     img = Image.new("RGB", (width, height), bg)
     draw = ImageDraw.Draw(img)
     side = min(width, height)
-    r = side * (rng.uniform(0.17, 0.22) if scene.size == "big" else rng.uniform(0.07, 0.10))
+    r = side * (rng.uniform(0.21, 0.25) if scene.size == "big" else rng.uniform(0.11, 0.14))
     if scene.count == 3 and scene.size == "big":
-        r *= 0.85
+        r *= 0.8
     fill = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in COLOURS[scene.colour])
     centers: list[tuple[float, float]] = []
     for _ in range(scene.count):

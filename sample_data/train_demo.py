@@ -2,7 +2,7 @@
 SentencePiece tokenizer, trained with the sigmoid loss of the SigLIP paper on the ``train`` split
 of sample_data/generate.py. Seeded and CPU-only: about 10 minutes on 2 cores.
 
-    python sample_data/train_demo.py sample_data/demo-model --steps 1200
+    python sample_data/train_demo.py sample_data/demo-model
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def build(out: Path, seed: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--pool", type=int, default=24000, help="pre-rendered training images")
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -97,7 +97,11 @@ def main() -> None:
                        return_tensors="pt")["input_ids"]
     print(f"rendered {len(rendered)} images in {time.time() - t0:.0f}s; {len(captions)} captions", flush=True)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    scalars = [model.logit_scale, model.logit_bias]
+    others = [p for n, p in model.named_parameters() if n not in ("logit_scale", "logit_bias")]
+    # temperature and bias learn faster and without weight decay, so probabilities sharpen in time
+    opt = torch.optim.AdamW([{"params": others, "weight_decay": 0.05},
+                             {"params": scalars, "weight_decay": 0.0, "lr": args.lr * 10}], lr=args.lr)
     warmup = max(1, args.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / args.steps))))

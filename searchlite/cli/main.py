@@ -309,6 +309,36 @@ def bench(
 
 
 @app.command()
+def calibrate(
+    dataset: Annotated[Path, typer.Argument(help="Captioned dataset (as for bench).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model to calibrate (CLIP or ALIGN).")],
+    negatives: Annotated[int, typer.Option("--negatives", min=1, help="Negative pairs per positive.")] = 10,
+    template: Annotated[str | None, typer.Option("--template")] = None,
+    images: Annotated[Path | None, typer.Option("--images")] = None,
+    split: Annotated[str | None, typer.Option("--split")] = None,
+    device: DeviceOpt = "auto",
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit Platt scaling (probability = sigmoid(a*cos + b)) for a model and store it in the library."""
+    from searchlite.calibration import calibrate as run_calibrate
+    from searchlite.evaluation.datasets import read_captions
+
+    ds = read_captions(dataset, images, split)
+    target = _library(library, device, create=True)
+    report = run_calibrate(_bench_library(dataset, None, device), ds, model, target=target, negatives=negatives,
+                           template=template)
+    if as_json:
+        print(json.dumps(report, indent=1))
+        return
+    print(f"{model}: a={report['a']:.4f} b={report['b']:.4f} on {report['pairs']} pairs ({report['positives']} positive)")
+    for when in ("before", "after"):
+        print(f"  {when:6}  ECE {report[when]['ece']:.4f}  Brier {report[when]['brier']:.4f}")
+    if "note" in report:
+        print(f"  note: {report['note']}")
+
+
+@app.command()
 def demo(
     workdir: Annotated[Path | None, typer.Option("--dir", help="Where to put sample images and the demo library "
                                                     "(default: the user cache dir).")] = None,

@@ -1,0 +1,104 @@
+"""Decode + preprocess speed of 12 MP photos, JPEG draft mode vs full decode, and its effect on
+embeddings (cosine of draft vs full-decode embeddings).
+
+    python benchmarks/decode.py [--images 6] [--model demo] [--model openclip:ViT-B-16-SigLIP@...]
+
+Synthetic 4000x3000 photos (smooth colour fields + texture + shapes, so JPEG sizes are realistic,
+~2-4 MB) are written to a temp folder. Times are single-threaded, per image, medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sample_data"))
+
+
+def photo(seed: int, size=(4000, 3000)) -> Image.Image:
+    import generate as gen
+
+    rng = np.random.default_rng(seed)
+    low = rng.random((12, 16, 3)) * 255
+    base = Image.fromarray(low.astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    arr = np.asarray(base, dtype=np.int16) + rng.integers(-18, 18, (size[1], size[0], 1), dtype=np.int16)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    scene = gen.sample_scene(random.Random(seed), "test")
+    img.paste(gen.render(scene, random.Random(seed), 2000, 1500).resize((2400, 1800)), (800, 600))
+    return img
+
+
+def timed(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--size", type=int, default=224, help="model input size for the timing")
+    parser.add_argument("--model", action="append", default=[], help="spec(s) to compare embeddings with")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    from searchlite.imaging import load_image
+
+    folder = Path(tempfile.mkdtemp())
+    jpgs, pngs, webps = [], [], []
+    for i in range(args.images):
+        img = photo(i)
+        jpgs.append(folder / f"{i}.jpg")
+        img.save(jpgs[-1], quality=90)
+        if i < 2:
+            pngs.append(folder / f"{i}.png")
+            img.save(pngs[-1], compress_level=1)
+            webps.append(folder / f"{i}.webp")
+            img.save(webps[-1], quality=90)
+    target = (args.size, args.size)
+
+    def prep(path: Path, draft: bool, reducing_gap: float | None = None) -> Image.Image:
+        im = load_image(path, target_size=target, draft=draft).image
+        return im.resize(target, Image.Resampling.BICUBIC, reducing_gap=reducing_gap)
+
+    rows = {}
+    for name, files, kwargs in (("jpeg full", jpgs, {"draft": False}), ("jpeg draft", jpgs, {"draft": True}),
+                                ("png full", pngs, {"draft": False}),
+                                ("png reducing_gap=3", pngs, {"draft": False, "reducing_gap": 3.0}),
+                                ("webp full", webps, {"draft": False})):
+        per = [timed(lambda f=f: prep(f, **kwargs), 3) for f in files]
+        rows[name] = {"ms_per_image": round(1000 * statistics.median(per), 1),
+                      "img_per_s_per_core": round(1 / statistics.median(per), 2)}
+        print(f"{name:22} {rows[name]['ms_per_image']:8.1f} ms/img  {rows[name]['img_per_s_per_core']:6.2f} img/s/core",
+              flush=True)
+    speedup = rows["jpeg full"]["ms_per_image"] / rows["jpeg draft"]["ms_per_image"]
+    print(f"draft speed-up: {speedup:.2f}x")
+    result = {"decode": rows, "draft_speedup": round(speedup, 2), "mean_jpeg_mb":
+              round(statistics.mean(p.stat().st_size for p in jpgs) / 1e6, 2), "cosine_draft_vs_full": {}}
+    from searchlite.models import load_embedder
+
+    for spec in args.model:
+        emb = load_embedder(spec, device="cpu")
+        full = emb.embed_images([load_image(p, target_size=emb.image_size, draft=False).image for p in jpgs])
+        draft = emb.embed_images([load_image(p, target_size=emb.image_size, draft=True).image for p in jpgs])
+        cos = (full * draft).sum(1)
+        result["cosine_draft_vs_full"][spec] = {"min": float(cos.min()), "mean": float(cos.mean())}
+        print(f"{spec}: cosine draft vs full min {cos.min():.4f} mean {cos.mean():.4f}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -79,7 +79,7 @@ def main() -> None:
                                 ("png full", pngs, {"draft": False}),
                                 ("png reducing_gap=3", pngs, {"draft": False, "reducing_gap": 3.0}),
                                 ("webp full", webps, {"draft": False})):
-        per = [timed(lambda f=f: prep(f, **kwargs), 3) for f in files]
+        per = [timed(lambda f=f, kw=kwargs: prep(f, **kw), 3) for f in files]
         rows[name] = {"ms_per_image": round(1000 * statistics.median(per), 1),
                       "img_per_s_per_core": round(1 / statistics.median(per), 2)}
         print(f"{name:22} {rows[name]['ms_per_image']:8.1f} ms/img  {rows[name]['img_per_s_per_core']:6.2f} img/s/core",

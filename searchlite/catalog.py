@@ -213,6 +213,9 @@ class Catalog:
 
     def register_model(self, embedder: Any, spec: str, index_type: str | None = None) -> ModelRow:
         """Create the model's row on first use (or update its index type when asked)."""
+        from searchlite.models.registry import parse_spec
+
+        spec = parse_spec(spec).canonical
         with self.Session.begin() as s:
             row = self.model_row(s, embedder.model_id)
             if row is None:

@@ -233,3 +233,37 @@ def test_search_during_indexing_answers_from_committed_state(tmp_path, hf_siglip
     assert proc.returncode == 0, proc.stderr.read()
     assert len(Library(lib_dir, device="cpu").search("x", spec, k=1000)) == 301
     assert seen_sizes and min(seen_sizes) >= 1
+
+
+def test_nested_roots_never_duplicate_images(tmp_path, hf_siglip):
+    spec = f"hf:{hf_siglip}"
+    photos = tmp_path / "photos"
+    for i in range(3):
+        _photo(photos / "2023" / f"a{i}.png", i)
+    _photo(photos / "b.png", 10)
+    lib = Library(tmp_path / "lib", device="cpu")
+    lib.index([photos / "2023"], [spec])
+    ids_before = {r.path: r.image_id for r in lib.search("x", spec, k=10)}
+    stats = lib.index([photos], [spec])  # the parent adopts the indexed subfolder
+    assert (stats.added, stats.removed) == (1, 0)
+    after = {r.path: r.image_id for r in lib.search("x", spec, k=10)}
+    assert len(after) == 4 and all(after[p] == i for p, i in ids_before.items())
+    assert list(lib.catalog.roots().values()) == [str(photos)]
+    (photos / "2023" / "a0.png").unlink()
+    stats = lib.index([photos / "2023"], [spec])  # a subfolder of a root: swept only inside it
+    assert (stats.added, stats.removed, stats.unchanged) == (0, 1, 2)
+    assert _counts(lib) == (3, 3)
+
+
+def test_one_index_run_at_a_time(tmp_path, hf_siglip):
+    import fcntl
+
+    from searchlite.errors import LibraryError
+
+    lib = Library(tmp_path / "lib", device="cpu")
+    _photo(tmp_path / "photos" / "a.png", 1)
+    with open(tmp_path / "lib" / "index.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        with pytest.raises(LibraryError, match="another `searchlite index`"):
+            lib.index([tmp_path / "photos"], [f"hf:{hf_siglip}"])
+    assert lib.index([tmp_path / "photos"], [f"hf:{hf_siglip}"]).added == 1

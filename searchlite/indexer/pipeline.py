@@ -11,6 +11,7 @@ Phases per run:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,18 +24,37 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import and_, exists, func, not_, or_, select
+from sqlalchemy import and_, delete, exists, func, not_, or_, select, update
 
-from searchlite.catalog import Catalog, Embedding, ImageRow, ModelRow, RunRow, utcnow
+from searchlite.catalog import Catalog, Embedding, ImageRow, ModelRow, Root, RunRow, utcnow
 from searchlite.errors import ImageDecodeError, LibraryError
 from searchlite.imaging import load_image
 from searchlite.index_store import IndexStore
-from searchlite.indexer.scan import walk
+from searchlite.indexer.scan import FileEntry, walk
 from searchlite.models.base import Embedder
 
 log = logging.getLogger(__name__)
 
 SCAN_CHUNK = 1000
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """One index run per library at a time (searches never wait: SQLite WAL readers)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory lock
+        yield
+        return
+    with open(lock_path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise LibraryError(f"another `searchlite index` is running on {lock_path.parent}") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -95,14 +115,39 @@ class Indexer:
         self._vanished: dict[str, int] = {}
 
     # -- phase 1: scan -------------------------------------------------------------------------
-    def _scan_root(self, root: Path, run: int) -> None:
+    def _resolve_root(self, folder: Path) -> tuple[int, str]:
+        """The catalog root for a folder and the relpath prefix of the folder inside it.
+
+        A folder inside an indexed root is indexed as part of that root (no duplicate rows); a
+        folder that contains indexed roots adopts them, so their images keep their ids and vectors.
+        """
         with self.catalog.Session.begin() as s:
-            root_id = self.catalog.root_id(s, root)
+            roots = {r.id: Path(r.path) for r in s.scalars(select(Root))}
+            for root_id, path in roots.items():
+                if folder != path and folder.is_relative_to(path):
+                    return root_id, folder.relative_to(path).as_posix() + "/"
+            root_id = self.catalog.root_id(s, folder)
+            for child_id, path in roots.items():
+                if path != folder and path.is_relative_to(folder):
+                    prefix = path.relative_to(folder).as_posix() + "/"
+                    s.execute(update(ImageRow).where(ImageRow.root_id == child_id).values(
+                        root_id=root_id, relpath=prefix + ImageRow.relpath))
+                    s.execute(delete(Root).where(Root.id == child_id))
+                    log.info("root %s is now part of %s", path, folder)
+            return root_id, ""
+
+    def _under(self, root_id: int, prefix: str):
+        cond = ImageRow.root_id == root_id
+        return and_(cond, func.substr(ImageRow.relpath, 1, len(prefix)) == prefix) if prefix else cond
+
+    def _scan_root(self, root: Path, run: int) -> tuple[int, str]:
+        root_id, prefix = self._resolve_root(root)
         entries = walk(root, self.include_hidden)
         while True:
             chunk = [e for _, e in zip(range(SCAN_CHUNK), entries)]
             if not chunk:
                 break
+            chunk = [FileEntry(prefix + e.relpath, e.size, e.mtime_ns, e.error) for e in chunk]
             with self.catalog.Session.begin() as s:
                 rel = [e.relpath for e in chunk]
                 existing = {r.relpath: r for r in s.scalars(
@@ -126,9 +171,10 @@ class Indexer:
                         row.size, row.mtime_ns, row.status, row.seen_run = e.size, e.mtime_ns, "pending", run
         with self.catalog.Session() as s:
             for sha, image_id in s.execute(select(ImageRow.sha256, ImageRow.id).where(
-                    ImageRow.root_id == root_id, ImageRow.seen_run != run, ImageRow.status == "ok",
+                    self._under(root_id, prefix), ImageRow.seen_run != run, ImageRow.status == "ok",
                     ImageRow.sha256.is_not(None))):
                 self._vanished.setdefault(sha, image_id)
+        return root_id, prefix
 
     # -- phase 2: what needs work ----------------------------------------------------------------
     def _work_items(self, run: int) -> Iterator[_Work]:
@@ -238,16 +284,20 @@ class Indexer:
                     s.add(Embedding(model_ref=self.models[i].id, image_id=row.id,
                                     vector=np.asarray(v, dtype=np.float32).tobytes()))
 
-    def _sweep(self, root_ids: list[int], run: int) -> None:
+    def _sweep(self, scanned: list[tuple[int, str]], run: int) -> None:
         with self.catalog.Session.begin() as s:
-            gone = list(s.scalars(select(ImageRow.id).where(ImageRow.root_id.in_(root_ids),
-                                                            ImageRow.seen_run != run)))
+            gone = list(s.scalars(select(ImageRow.id).where(
+                or_(*[self._under(root_id, prefix) for root_id, prefix in scanned]), ImageRow.seen_run != run)))
             self.catalog.delete_images(s, gone)
         self.removed_ids.extend(gone)
         self.stats.removed += len(gone)
 
     def run(self, roots: Sequence[Path], progress: Callable[[int, int], None] | None = None) -> IndexStats:
         """Index ``roots``; ``progress(done, total)`` is called as images are processed."""
+        with _exclusive(self.catalog.folder / "index.lock"):
+            return self._run(roots, progress)
+
+    def _run(self, roots: Sequence[Path], progress: Callable[[int, int], None] | None) -> IndexStats:
         start = time.perf_counter()
         roots = [Path(r).expanduser().resolve() for r in roots]
         for r in roots:
@@ -258,8 +308,7 @@ class Indexer:
             s.add(run_row)
             s.flush()
             run = run_row.id
-        for r in roots:
-            self._scan_root(r, run)
+        scanned = [self._scan_root(r, run) for r in roots]
         with self.catalog.Session() as s:
             total = s.scalar(select(func.count()).select_from(ImageRow).where(
                 ImageRow.seen_run == run, ImageRow.status == "pending")) or 0
@@ -295,9 +344,7 @@ class Indexer:
                 done += len(batch)
                 if progress:
                     progress(done, max(total, done))
-        with self.catalog.Session() as s:
-            root_ids = [self.catalog.root_id(s, r) for r in roots]
-        self._sweep(root_ids, run)
+        self._sweep(scanned, run)
         self._sync_indexes()
         self.stats.seconds = round(time.perf_counter() - start, 3)
         with self.catalog.Session.begin() as s:

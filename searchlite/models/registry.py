@@ -48,6 +48,15 @@ class ModelSpec:
     model_id: str
 
     @property
+    def canonical(self) -> str:
+        """A spec string that loads the same model from any working directory."""
+        if self.model_id.startswith("demo#"):
+            return DEMO_ALIAS
+        if self.backend == "hf":
+            return f"hf:{self.source}"
+        return f"openclip:{self.source}" + (f"@{self.pretrained}" if self.pretrained else "")
+
+    @property
     def is_local(self) -> bool:
         return Path(self.source).expanduser().is_dir() or (
             self.pretrained is not None and Path(self.pretrained).expanduser().is_file()

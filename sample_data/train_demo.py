@@ -24,6 +24,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import generate as gen  # noqa: E402
 
 IMAGE_SIZE = 64
+#: SigLIP's default prompt template; half the training captions are wrapped in it, so the model
+#: answers raw captions (bench) and templated queries (search) alike.
+TEMPLATE = "This is a photo of {}."
 
 
 def all_captions() -> list[str]:
@@ -53,10 +56,11 @@ def build(out: Path, seed: int):
 
     out.mkdir(parents=True, exist_ok=True)
     corpus = out / "_corpus.txt"
-    corpus.write_text("\n".join(all_captions()))
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(out / "_sp"), vocab_size=64,
-                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                   hard_vocab_limit=False, minloglevel=2)
+    corpus.write_text("\n".join(all_captions() + [TEMPLATE.format(c) for c in all_captions()]))
+    # BPE with 128 pieces: every caption word is one piece, so captions fit in 16 tokens
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(out / "_sp"), vocab_size=128,
+                                   model_type="bpe", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
     corpus.unlink()
     tokenizer = SiglipTokenizer(vocab_file=str(out / "_sp.model"), model_max_length=16,
                                 model_input_names=["input_ids"])
@@ -93,8 +97,11 @@ def main() -> None:
     captions = all_captions()
     cap_index = {c: i for i, c in enumerate(captions)}
     labels = torch.tensor([cap_index[r[1]] for r in rendered])
-    tokens = tokenizer(captions, padding="max_length", max_length=16, truncation=True,
-                       return_tensors="pt")["input_ids"]
+    texts = captions + [TEMPLATE.format(c) for c in captions]
+    tokens = tokenizer(texts, padding="max_length", max_length=16, truncation=True, return_tensors="pt")["input_ids"]
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    if max(lengths) > 16:
+        raise SystemExit(f"captions need {max(lengths)} tokens; the text tower has 16 positions")
     print(f"rendered {len(rendered)} images in {time.time() - t0:.0f}s; {len(captions)} captions", flush=True)
 
     scalars = [model.logit_scale, model.logit_bias]
@@ -115,7 +122,9 @@ def main() -> None:
         y = labels[idx]
         uniq, inverse = torch.unique(y, return_inverse=True)
         img = F.normalize(model.get_image_features(pixel_values=x).pooler_output, dim=-1)
-        txt = F.normalize(model.get_text_features(input_ids=tokens[uniq]).pooler_output, dim=-1)
+        templated = torch.rand(len(uniq), generator=gen_rng) < 0.5
+        txt = F.normalize(model.get_text_features(input_ids=tokens[uniq + templated * len(captions)]).pooler_output,
+                          dim=-1)
         logits = img @ txt.T * model.logit_scale.exp() + model.logit_bias
         target = 2.0 * (inverse[:, None] == torch.arange(len(uniq))[None, :]).float() - 1.0
         # sigmoid loss (Zhai et al. 2023): every image-text pair is an independent binary problem

@@ -141,7 +141,8 @@ def search_vectors(catalog: Catalog, model: ModelRow, index: VectorIndex, query:
     results.sort(key=lambda r: (-r.score, r.image_id))
     results = results[:k]
     if sort == "date":
-        results.sort(key=lambda r: (r.taken_at or "", r.path))
+        when = {i: (r.taken_at or datetime.fromtimestamp(r.mtime_ns / 1e9)) for i, r in rows.items()}
+        results.sort(key=lambda r: (when[r.image_id], r.path))
     for rank, r in enumerate(results, 1):
         r.rank = rank
     return results

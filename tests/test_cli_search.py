@@ -134,3 +134,13 @@ def test_cli_start_up_imports_no_heavy_modules():
             "print(sorted(m for m in ('torch', 'transformers', 'faiss', 'open_clip') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_sort_by_date_orders_the_top_k_by_capture_time(indexed):
+    _, _, lib, spec = indexed
+    api = Library(lib, device="cpu")
+    by_relevance = api.search("x", spec, k=8)
+    by_date = api.search("x", spec, k=8, sort="date")
+    assert {r.image_id for r in by_date} == {r.image_id for r in by_relevance}
+    mtimes = [Path(r.path).stat().st_mtime_ns for r in by_date]
+    assert mtimes == sorted(mtimes) and [r.rank for r in by_date] == list(range(1, 9))

@@ -62,8 +62,18 @@ class HFEmbedder(TorchEmbedder):
         if not local and (source.startswith((".", "/", "~")) or path.exists()):
             raise ModelLoadError(f"model folder not found: {source} (expected a folder saved with save_pretrained)")
         ref = str(path) if local else source
+
+        def cached_first(loader, **kwargs):
+            # the local cache first: no hub round trips when the model is there (fast cold start)
+            try:
+                return loader.from_pretrained(ref, local_files_only=True, **kwargs)
+            except OSError:
+                if local:
+                    raise
+                return loader.from_pretrained(ref, **kwargs)
+
         try:
-            config = AutoConfig.from_pretrained(ref)
+            config = cached_first(AutoConfig)
         except OSError as exc:
             if local:
                 raise ModelLoadError(f"{source} holds no readable config.json: {exc}") from exc
@@ -74,9 +84,9 @@ class HFEmbedder(TorchEmbedder):
                 f"hf:{source} is a '{config.model_type}' checkpoint; searchlite supports siglip, clip and align"
             )
         try:
-            model = AutoModel.from_pretrained(ref, trust_remote_code=False)
-            tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=False)
-            processor = AutoImageProcessor.from_pretrained(ref, backend="pil", trust_remote_code=False)
+            model = cached_first(AutoModel, trust_remote_code=False)
+            tokenizer = cached_first(AutoTokenizer, trust_remote_code=False)
+            processor = cached_first(AutoImageProcessor, backend="pil", trust_remote_code=False)
         except OSError as exc:
             if local:
                 raise ModelLoadError(f"cannot load the checkpoint in {source}: {exc}") from exc

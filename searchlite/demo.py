@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +18,12 @@ def _generator():
     path = demo_model_dir().parent / "generate.py"
     if not path.is_file():
         raise SearchliteError(f"sample_data/generate.py not found next to the demo model ({path.parent})")
-    spec = importlib.util.spec_from_file_location("searchlite_sample_generate", path)
+    name = "searchlite_sample_generate"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
     return module
 
@@ -44,12 +49,14 @@ def run_demo(workdir: Path, count: int = 300, seed: int = DEMO_SEED, device: str
     def caption_of(path: str) -> str:
         return captions.get(Path(path).name, "?")
 
-    queries = ["two big red circles on a black background", "one small blue square on a white background",
-               "three yellow triangles"]
+    # two captions of images in the set (unseen renders), and a partial description
+    ordered = sorted(captions.values())
+    queries = [ordered[len(ordered) // 3], ordered[2 * len(ordered) // 3], "three yellow triangles"]
     for text in queries:
         say(f'\nsearch "{text}"')
         for r in lib.search(text, "demo", k=3):
-            say(f"  {r.rank}. p={r.probability:.3f}  {Path(r.path).name}  ({caption_of(r.path)})")
+            mark = "*" if caption_of(r.path) == text else " "
+            say(f"  {r.rank}. p={r.probability:.3f} {mark} {Path(r.path).name}  ({caption_of(r.path)})")
     say('\nsearch "a giraffe on the moon" --min-prob 0.5')
     hits = lib.search("a giraffe on the moon", "demo", k=3, min_prob=0.5)
     say("  no image matches" if not hits else "\n".join(f"  {r.rank}. p={r.probability:.3f} {r.path}" for r in hits))
@@ -57,6 +64,7 @@ def run_demo(workdir: Path, count: int = 300, seed: int = DEMO_SEED, device: str
     say(f"\nsimilar {first}  ({captions[first]})")
     for r in lib.similar(images / first, "demo", k=3):
         say(f"  {r.rank}. {Path(r.path).name}  ({caption_of(r.path)})")
+    say("  (* = the image's caption is exactly the query)")
     say("\nbench (text->image and image->text retrieval on the generated test split)")
     result = run_bench(lib, read_captions(images), ["demo"])
     say(format_table(result))

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sample_data"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def photo(seed: int, size=(4000, 3000)) -> Image.Image:
@@ -51,6 +52,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--size", type=int, default=224, help="model input size for the timing")
     parser.add_argument("--model", action="append", default=[], help="spec(s) to compare embeddings with")
+    parser.add_argument("--arch", action="append", default=[],
+                        help="open_clip architecture(s), random-init, to compare embeddings with")
     args = parser.parse_args()
     import torch
 
@@ -90,6 +93,11 @@ def main() -> None:
               round(statistics.mean(p.stat().st_size for p in jpgs) / 1e6, 2), "cosine_draft_vs_full": {}}
     from searchlite.models import load_embedder
 
+    if args.arch:
+        from indexing import random_openclip_folder
+
+        for arch in args.arch:
+            args.model.append(f"openclip:{random_openclip_folder(arch, folder / arch)}")
     for spec in args.model:
         emb = load_embedder(spec, device="cpu")
         full = emb.embed_images([load_image(p, target_size=emb.image_size, draft=False).image for p in jpgs])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 
@@ -40,7 +41,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="search threads")
+    parser.add_argument("--build-threads", type=int, default=0, help="build threads (default: all cores)")
     parser.add_argument("--types", default="flat,hnsw,ivf,ivfpq")
     parser.add_argument("--naive-queries", type=int, default=5)
     args = parser.parse_args()
@@ -70,9 +72,11 @@ def main() -> None:
                  1000 * float(np.percentile(t_naive, 95)), "build_s": 0.0})
     for kind in args.types.split(","):
         before = rss_mb()
+        faiss.omp_set_num_threads(args.build_threads or os.cpu_count() or 1)
         t = time.perf_counter()
         index = VectorIndex.build(kind, args.dim, ids, vecs)
         build = time.perf_counter() - t
+        faiss.omp_set_num_threads(args.threads)
         settings = [SearchParams()] if kind == "flat" else (
             [SearchParams(ef_search=e) for e in (32, 64, 128)] if kind == "hnsw"
             else [SearchParams(nprobe=p) for p in (8, 16, 32)])

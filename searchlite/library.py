@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from searchlite.catalog import Catalog, ModelRow
+from searchlite.combined import combine, ensemble_text_vector, parse_query
 from searchlite.config import DEFAULT_MODEL, default_library
 from searchlite.errors import QueryError
 from searchlite.index_store import IndexStore
@@ -85,16 +86,36 @@ class Library:
         return factory
 
     # -- queries ----------------------------------------------------------------------------------
+    def query_vector(self, text: str, row: ModelRow, template: str | None = None, ensemble: bool = False,
+                     ) -> tuple[np.ndarray, set[int]]:
+        """The vector of a (possibly combined) query, and the ids of library images used as terms."""
+        emb = self.embedder(row.spec)
+        own_ids: set[int] = set()
+
+        def texts(values: list[str]) -> np.ndarray:
+            if ensemble:
+                return np.stack([ensemble_text_vector(emb.embed_texts, v) for v in values])
+            return emb.embed_texts([(template or row.template).format(v) for v in values])
+
+        def image(path: str) -> np.ndarray:
+            vec, own = self.image_vector(path, row)
+            if own is not None:
+                own_ids.add(own)
+            return vec
+
+        return combine(parse_query(text), texts, image), own_ids
+
     def search(self, text: str, model: str | None = None, k: int = 20, *, template: str | None = None,
                filters: Filters | None = None, min_prob: float | None = None, sort: str = "relevance",
-               ) -> list[SearchResult]:
-        """Text-to-image search; the text is wrapped in the model's prompt template."""
+               ensemble: bool = False) -> list[SearchResult]:
+        """Text-to-image search; the text is wrapped in the model's prompt template. Combined
+        queries ("beach + sunset - people", "2:cat + dog", "./photo.jpg + snow") are supported;
+        ``ensemble`` averages the 80 OpenAI ImageNet templates (CLIP) instead of one template."""
         if not text.strip():
             raise QueryError("empty query")
         row = self.model_row(model)
-        emb = self.embedder(row.spec)
-        query = emb.embed_texts([(template or row.template).format(text)])[0]
-        return search_vectors(self.catalog, row, self.vector_index(row), query, k, filters,
+        query, own_ids = self.query_vector(text, row, template, ensemble)
+        return search_vectors(self.catalog, row, self.vector_index(row), query, k, filters, exclude=own_ids,
                               min_prob=min_prob, sort=sort)
 
     def image_vector(self, image: str | Path, row: ModelRow) -> tuple[np.ndarray, int | None]:

@@ -53,7 +53,7 @@ def rescore(lib, text: str, spec: str, candidates: Sequence[SearchResult], templ
     emb = lib.embedder(spec)
     row = lib.catalog.register_model(emb, spec)
     vecs = _vectors_for_candidates(lib, row, spec, candidates)
-    q = emb.embed_texts([(template or row.template).format(text)])[0]
+    q, _ = lib.query_vector(text, row, template)
     a, b = calibration(row)
     out = []
     for r in candidates:

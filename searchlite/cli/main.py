@@ -127,6 +127,7 @@ def search(
     k: Annotated[int, typer.Option("-k", "--top", min=1)] = 20,
     model: ModelOpt = None,
     template: Annotated[str | None, typer.Option("--template", help="Prompt template; '{}' = the query.")] = None,
+    ensemble: Annotated[bool, typer.Option("--ensemble", help="Average the 80 OpenAI ImageNet templates.")] = False,
     min_prob: MinProbOpt = None,
     folder: FolderOpt = None, glob: GlobOpt = None, after: AfterOpt = None, before: BeforeOpt = None,
     min_width: MinWOpt = None, min_height: MinHOpt = None, fmt: FormatOpt = None,
@@ -147,7 +148,8 @@ def search(
 
         results = run_rerank(lib, text, model, rerank, k, candidates, fusion, template, filters, min_prob)
     else:
-        results = lib.search(text, model, k, template=template, min_prob=min_prob, sort=sort, filters=filters)
+        results = lib.search(text, model, k, template=template, min_prob=min_prob, sort=sort, filters=filters,
+                             ensemble=ensemble)
     _print_results(results, as_json, paths, f'"{text}"')
 
 

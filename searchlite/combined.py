@@ -1,0 +1,83 @@
+"""Combined queries: ``"beach + sunset - people"``, weights ``"2:cat + dog"``, image terms
+``"./photo.jpg + snow"``.
+
+Grammar: terms joined by `` + `` or `` - `` (operators need spaces around them, so "t-shirt"
+stays one word). A term may start with ``W:`` (a number) as its weight. A term that names an
+existing image file is an image term (its stored or freshly computed embedding); any other term
+is text, wrapped in the prompt template. The query vector is
+``normalize(sum(sign_i * w_i * normalize(v_i)))``: every term counts by its weight, whatever
+the norm of its embedding.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from searchlite.errors import QueryError
+from searchlite.imaging import IMAGE_EXTENSIONS
+
+_SPLIT = re.compile(r"\s+([+-])\s+")
+_WEIGHT = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*:\s*(.+)$")
+
+
+@dataclass(frozen=True)
+class Term:
+    weight: float  # signed
+    kind: str  # "text" | "image"
+    value: str
+
+
+def parse_query(query: str) -> list[Term]:
+    """Split a query into signed, weighted text and image terms."""
+    parts = _SPLIT.split(f" {query.strip()} ".strip())
+    if not parts or not parts[0].strip():
+        raise QueryError("empty query")
+    terms: list[Term] = []
+    signs = ["+"] + parts[1::2]
+    for sign, raw in zip(signs, parts[0::2]):
+        raw = raw.strip()
+        if not raw or re.match(r"^[+-](\s|$)", raw):
+            raise QueryError(f"empty term in query: {query!r}")
+        weight = 1.0
+        m = _WEIGHT.match(raw)
+        if m:
+            weight, raw = float(m.group(1)), m.group(2).strip()
+        path = Path(raw).expanduser()
+        is_image = path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+        if path.suffix.lower() in IMAGE_EXTENSIONS and not is_image and raw.startswith((".", "/", "~")):
+            raise QueryError(f"image term not found: {raw}")
+        terms.append(Term(weight if sign == "+" else -weight, "image" if is_image else "text", raw))
+    return terms
+
+
+def combine(terms: list[Term], text_vectors: Callable[[list[str]], np.ndarray],
+            image_vector: Callable[[str], np.ndarray]) -> np.ndarray:
+    """The normalised weighted sum of the terms' normalised embeddings."""
+    texts = [t.value for t in terms if t.kind == "text"]
+    text_vecs = iter(text_vectors(texts)) if texts else iter(())
+    total = None
+    for t in terms:
+        v = next(text_vecs) if t.kind == "text" else image_vector(t.value)
+        v = np.asarray(v, dtype=np.float64)
+        v = t.weight * v / max(np.linalg.norm(v), 1e-12)
+        total = v if total is None else total + v
+    norm = np.linalg.norm(total)
+    if norm < 1e-9:
+        raise QueryError("the query's terms cancel out")
+    return (total / norm).astype(np.float32)
+
+
+def ensemble_text_vector(texts_to_vectors: Callable[[list[str]], np.ndarray], text: str) -> np.ndarray:
+    """open_clip-style prompt ensembling over the 80 OpenAI ImageNet templates: normalise each
+    template's embedding, average, renormalise."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    vecs = np.asarray(texts_to_vectors([t(text) for t in OPENAI_IMAGENET_TEMPLATES]), dtype=np.float64)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    mean = vecs.mean(axis=0)
+    return (mean / np.linalg.norm(mean)).astype(np.float32)

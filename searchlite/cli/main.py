@@ -267,15 +267,19 @@ def bench(
     images: Annotated[Path | None, typer.Option("--images", help="Image folder for JSON/TSV datasets.")] = None,
     split: Annotated[str | None, typer.Option("--split", help="Karpathy split (e.g. test).")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write recall@k curves to a PNG.")] = None,
+    pairs: Annotated[Path | None, typer.Option("--pairs", help="Image->image: CSV of (query, relevant) pairs.")] = None,
     device: DeviceOpt = "auto",
     library: Annotated[Path | None, typer.Option("--library", "-L", help="Bench cache library.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Retrieval benchmark: recall@k and MRR per model and rerank pair, plus ANN recall."""
+    """Retrieval benchmark: recall@k and MRR per model and rerank pair, plus ANN recall.
+
+    DATASET with captions: text->image and image->text. A folder of class subfolders (or --pairs):
+    image->image (recall@k, MRR, mAP)."""
     from tqdm import tqdm
 
-    from searchlite.evaluation.bench import format_table, run_bench
-    from searchlite.evaluation.datasets import read_captions
+    from searchlite.evaluation.bench import format_table, run_bench, run_image_bench
+    from searchlite.evaluation.datasets import is_labelled_folder, read_captions, read_labelled
 
     try:
         k_values = sorted({int(k) for k in ks.split(",") if k.strip()})
@@ -284,11 +288,15 @@ def bench(
     for pair in rerank or []:
         if ":" not in pair:
             raise typer.BadParameter(f"--rerank takes A:B, got {pair}")
-    ds = read_captions(dataset, images, split)
-    for problem in ds.problems[:20]:
-        print(f"warning: {problem}", file=sys.stderr)
-    if len(ds.problems) > 20:
-        print(f"warning: ... and {len(ds.problems) - 20} more problems", file=sys.stderr)
+    image_task = pairs is not None or is_labelled_folder(dataset)
+    if image_task:
+        labelled = read_labelled(pairs or dataset)
+    else:
+        ds = read_captions(dataset, images, split)
+        for problem in ds.problems[:20]:
+            print(f"warning: {problem}", file=sys.stderr)
+        if len(ds.problems) > 20:
+            print(f"warning: ... and {len(ds.problems) - 20} more problems", file=sys.stderr)
     lib = _bench_library(dataset, library, device)
     bars: list = []
 
@@ -299,7 +307,10 @@ def bench(
         bars[0].update(done - bars[0].n)
 
     try:
-        result = run_bench(lib, ds, model, rerank or (), k_values, template, candidates, index_type, progress)
+        if image_task:
+            result = run_image_bench(lib, labelled, model, k_values, index_type, progress)
+        else:
+            result = run_bench(lib, ds, model, rerank or (), k_values, template, candidates, index_type, progress)
     finally:
         for bar in bars:
             bar.close()

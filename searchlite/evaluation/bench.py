@@ -60,12 +60,27 @@ def probability_summary(model, scores: np.ndarray, relevant: Sequence[Sequence[i
     return {"median_positive": float(np.median(probs[mask])), "median_negative": float(np.median(probs[~mask]))}
 
 
-def ann_quality(library, spec: str, queries: np.ndarray, k: int = 10) -> dict[str, float]:
-    """recall@k of the library's index against exact search on the same vectors, and latency."""
+def _ann_one(index, queries: np.ndarray, truth_ids: np.ndarray, k: int) -> dict[str, float]:
+    latencies, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        _, got = index.search(q[None, :], k)
+        latencies.append((time.perf_counter() - t) * 1000)
+        found.append(got[0])
+    recall = np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth_ids)])
+    return {"index": index.factory, f"recall@{k}": float(recall), "p50_ms": float(np.percentile(latencies, 50)),
+            "p95_ms": float(np.percentile(latencies, 95))}
+
+
+def ann_quality(library, spec: str, queries: np.ndarray, k: int = 10,
+                types: Sequence[str] = ("flat", "hnsw", "ivf", "ivfpq")) -> dict:
+    """recall@k against exact search on the same vectors, with p50/p95 latency: for the library's
+    own index (top-level keys) and for each index type built on the same vectors (``by_type``)."""
     import faiss
 
+    from searchlite.vectors import VectorIndex
+
     row = library.model_row(spec)
-    index = library.vector_index(row)
     chunks = list(library.catalog.iter_vectors(row.id))
     ids = np.concatenate([c[0] for c in chunks])
     vecs = np.concatenate([c[1] for c in chunks])
@@ -74,15 +89,64 @@ def ann_quality(library, spec: str, queries: np.ndarray, k: int = 10) -> dict[st
     kk = min(k, len(ids))
     _, truth = exact.search(queries, kk)
     truth_ids = ids[truth]
-    latencies, found = [], []
-    for q in queries:
-        t = time.perf_counter()
-        _, got = index.search(q[None, :], kk)
-        latencies.append((time.perf_counter() - t) * 1000)
-        found.append(got[0])
-    recall = np.mean([len(set(f) & set(t)) / kk for f, t in zip(found, truth_ids)])
-    return {"index": index.factory, f"recall@{kk}": float(recall), "p50_ms": float(np.percentile(latencies, 50)),
-            "p95_ms": float(np.percentile(latencies, 95)), "vectors": int(len(ids))}
+    out: dict = _ann_one(library.vector_index(row), queries, truth_ids, kk)
+    out["vectors"] = int(len(ids))
+    out["by_type"] = {}
+    for kind in types:
+        if kind == "ivfpq" and len(ids) < 1000:
+            continue  # product quantisation needs more training vectors than this
+        out["by_type"][kind] = _ann_one(VectorIndex.build(kind, vecs.shape[1], ids, vecs), queries, truth_ids, kk)
+    return out
+
+
+def run_image_bench(library, dataset, specs: Sequence[str], ks: Sequence[int] = (1, 5, 10),
+                    index_type: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Image->image retrieval on labelled images (same class, or listed pairs, = relevant):
+    recall@k, MRR and mAP, the query image itself left out."""
+    from searchlite.evaluation.datasets import CaptionDataset
+
+    common = _common_folder(dataset.images)
+    library.index([common], list(specs), index_type=index_type, progress=progress)
+    holder = CaptionDataset(root=common, images=list(dataset.images))
+    result: dict = {"dataset": {"images": len(dataset.images)}, "models": {}, "rerank": {}, "ann": {}}
+    for spec in specs:
+        vecs = dataset_vectors(library, holder, spec)
+        sims = vecs @ vecs.T
+        np.fill_diagonal(sims, -np.inf)
+        result["models"][spec] = {"image_to_image": retrieval_metrics(sims, dataset.relevant, ks, with_map=True),
+                                  "model_id": library.model_row(spec).model_id}
+        result["ann"][spec] = ann_quality(library, spec, vecs[: min(len(vecs), 500)], k=max(ks))
+    return result
+
+
+def _common_folder(paths: Sequence[Path]) -> Path:
+    folders = sorted({p.parent for p in paths})
+    common = folders[0]
+    while not all(f.is_relative_to(common) for f in folders):
+        common = common.parent
+    return common
+
+
+def split_pair(pair: str, known: Sequence[str] = ()) -> tuple[str, str]:
+    """Split 'A:B' where the specs may contain ':' themselves (e.g. 'hf:x:openclip:y@z')."""
+    from searchlite.errors import ModelLoadError
+    from searchlite.models.registry import parse_spec
+
+    candidates = []
+    for i, ch in enumerate(pair):
+        if ch != ":":
+            continue
+        a, b = pair[:i], pair[i + 1:]
+        try:
+            parse_spec(a)
+            parse_spec(b)
+        except ModelLoadError:
+            continue
+        candidates.append(((a in known) + (b in known), a, b))
+    if not candidates:
+        raise DatasetError(f"--rerank takes A:B with two model specs, got {pair!r}")
+    _, a, b = max(candidates, key=lambda c: c[0])
+    return a, b
 
 
 def run_bench(library, dataset: CaptionDataset, specs: Sequence[str], reranks: Sequence[str] = (),
@@ -91,11 +155,9 @@ def run_bench(library, dataset: CaptionDataset, specs: Sequence[str], reranks: S
     """Benchmark models on a captioned dataset; returns the ``--json`` object."""
     if not dataset.images:
         raise DatasetError("the dataset has no images")
-    folders = sorted({p.parent for p in dataset.images})
-    common = Path(*Path(folders[0]).parts[: min(len(Path(f).parts) for f in folders)]) if folders else dataset.root
-    while not all(f.is_relative_to(common) for f in folders):
-        common = common.parent
-    needed = list(dict.fromkeys(list(specs) + [s for pair in reranks for s in pair.split(":", 1)]))
+    common = _common_folder(dataset.images)
+    pairs = {pair: split_pair(pair, specs) for pair in reranks}
+    needed = list(dict.fromkeys(list(specs) + [s for ab in pairs.values() for s in ab]))
     library.index([common], needed, index_type=index_type, progress=progress)
     texts, relevant, per_image = dataset.queries()
     result: dict = {"dataset": {"images": len(dataset.images), "captions": len(dataset.captions),
@@ -118,8 +180,7 @@ def run_bench(library, dataset: CaptionDataset, specs: Sequence[str], reranks: S
             }
             result["models"][spec] = entry
             result["ann"][spec] = ann_quality(library, spec, txt, k=max(ks))
-    for pair in reranks:
-        a, b = pair.split(":", 1)
+    for pair, (a, b) in pairs.items():
         t2i = rerank_scores(sims[a], sims[b], candidates)
         i2t = rerank_scores(sims[a].T, sims[b].T, candidates)
         result["rerank"][pair] = {"text_to_image": retrieval_metrics(t2i, relevant, ks),
@@ -130,23 +191,25 @@ def run_bench(library, dataset: CaptionDataset, specs: Sequence[str], reranks: S
 
 def format_table(result: dict) -> str:
     """A plain-text table of the bench result."""
-    lines = []
-    keys = [k for k in next(iter(result["models"].values()))["text_to_image"] if k.startswith("recall@")] \
-        if result["models"] else []
-    header = f"{'model':40} {'direction':14} " + " ".join(f"{k:>10}" for k in keys) + f" {'mrr':>8}"
-    lines.append(header)
+    directions = ("text_to_image", "image_to_text", "image_to_image")
     rows = [(m, v) for m, v in result["models"].items()] + [(f"rerank {p}", v) for p, v in result["rerank"].items()]
+    first = next((v[d] for _, v in rows for d in directions if d in v), {})
+    keys = [k for k in first if k.startswith("recall@")]
+    extra = ["mrr"] + (["map"] if "map" in first else [])
+    lines = [f"{'model':40} {'direction':14} " + " ".join(f"{k:>10}" for k in keys + extra)]
     for name, v in rows:
-        for direction in ("text_to_image", "image_to_text"):
-            m = v[direction]
-            lines.append(f"{name[:40]:40} {direction:14} " + " ".join(f"{m[k]:10.4f}" for k in keys)
-                         + f" {m['mrr']:8.4f}")
+        for direction in directions:
+            if direction in v:
+                m = v[direction]
+                lines.append(f"{name[:40]:40} {direction:14} " + " ".join(f"{m[k]:10.4f}" for k in keys + extra))
     for name, v in result["models"].items():
-        p = v["probability"]
-        lines.append(f"{name[:40]:40} probability    median correct {p['median_positive']:.3f}, "
-                     f"median wrong {p['median_negative']:.4f}")
+        if "probability" in v:
+            p = v["probability"]
+            lines.append(f"{name[:40]:40} probability    median correct {p['median_positive']:.3f}, "
+                         f"median wrong {p['median_negative']:.4f}")
     for name, a in result["ann"].items():
-        rk = next(k for k in a if k.startswith("recall@"))
-        lines.append(f"{name[:40]:40} ann {a['index']:18} {rk} {a[rk]:.4f}  p50 {a['p50_ms']:.3f} ms  "
-                     f"p95 {a['p95_ms']:.3f} ms")
+        for label, entry in [("index", a)] + list(a.get("by_type", {}).items()):
+            rk = next(k for k in entry if k.startswith("recall@"))
+            lines.append(f"{name[:40]:40} ann {label:6} {entry['index']:20} {rk} {entry[rk]:.4f}  "
+                         f"p50 {entry['p50_ms']:.3f} ms  p95 {entry['p95_ms']:.3f} ms")
     return "\n".join(lines)

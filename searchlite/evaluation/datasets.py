@@ -139,6 +139,14 @@ class LabelledImages:
     relevant: list[list[int]]  # per image, the other images relevant to it
 
 
+def is_labelled_folder(path: str | Path) -> bool:
+    """A folder without a captions file whose images sit in class subfolders."""
+    path = Path(path).expanduser()
+    if not path.is_dir() or any((path / n).is_file() for n in ("captions.jsonl", "captions.csv", "captions.tsv")):
+        return False
+    return any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+
+
 def read_labelled(path: str | Path) -> LabelledImages:
     """A folder of class subfolders, or a pairs file (query, relevant) in CSV/TSV."""
     path = Path(path).expanduser()

@@ -18,7 +18,9 @@ def plot_recall(result: dict, path: Path) -> None:
         raise SearchliteError("--plot needs matplotlib: pip install matplotlib") from exc
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     series = list(result["models"].items()) + [(f"rerank {p}", v) for p, v in result["rerank"].items()]
-    for ax, direction in zip(axes, ("text_to_image", "image_to_text")):
+    directions = ("text_to_image", "image_to_text") if any("text_to_image" in v for _, v in series) else (
+        "image_to_image",)
+    for ax, direction in zip(axes, directions):
         for name, v in series:
             m = v[direction]
             ks = sorted(int(k.split("@")[1]) for k in m if k.startswith("recall@"))

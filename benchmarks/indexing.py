@@ -68,8 +68,8 @@ def efficiency(args) -> dict:
     photos.mkdir()
     for i in range(args.images):
         photo(i).save(photos / f"{i:04d}.jpg", quality=90)
-    emb = load_embedder(f"openclip:{random_openclip_folder(args.arch, work / 'model')}", device=args.device,
-                        batch_size=args.batch_size)
+    spec = f"openclip:{random_openclip_folder(args.arch, work / 'model')}"
+    emb = load_embedder(spec, device=args.device, batch_size=args.batch_size)
     files = sorted(photos.iterdir())
     cores = os.cpu_count() or 1
 
@@ -91,7 +91,7 @@ def efficiency(args) -> dict:
     forward_rate = len(files) / (time.perf_counter() - t)
     # the real pipeline
     catalog = Catalog(work / "lib")
-    indexer = Indexer(catalog, [("bench", emb)], batch_size=args.batch_size, workers=cores)
+    indexer = Indexer(catalog, [(spec, emb)], batch_size=args.batch_size, workers=cores)
     t = time.perf_counter()
     indexer.run([photos])
     pipeline_rate = len(files) / (time.perf_counter() - t)

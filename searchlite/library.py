@@ -62,7 +62,8 @@ class Library:
         current = self.catalog.max_seq(model.id)
         cached = self._indexes.get(model.id)
         if cached is None or cached[1] != current:
-            self._indexes[model.id] = IndexStore(self.catalog, model).load()
+            index, seq = IndexStore(self.catalog, model).load()
+            self._indexes[model.id] = (index.to_gpu_if_available(), seq)  # GPU FAISS when installed + GPU
         return self._indexes[model.id][0]
 
     # -- indexing -------------------------------------------------------------------------------

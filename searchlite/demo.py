@@ -29,7 +29,8 @@ def _generator():
 
 
 def run_demo(workdir: Path, count: int = 300, seed: int = DEMO_SEED, device: str = "auto",
-             say: Callable[[str], None] = print, progress: Callable[[int, int], None] | None = None) -> dict:
+             say: Callable[[str], None] = print, progress: Callable[[int, int], None] | None = None,
+             before_queries: Callable[[], None] | None = None) -> dict:
     """Generate (or reuse) a test split, index it with the demo model, query it, and benchmark it."""
     from searchlite.evaluation.bench import format_table, run_bench
     from searchlite.evaluation.datasets import read_captions
@@ -41,6 +42,8 @@ def run_demo(workdir: Path, count: int = 300, seed: int = DEMO_SEED, device: str
         _generator().generate(images, count, seed, "test")
     lib = Library(workdir / "library", device=device)
     stats = lib.index([images], ["demo"], progress=progress)
+    if before_queries:
+        before_queries()
     say(f"indexed: added {stats.added}, unchanged {stats.unchanged}, failed {stats.failed} "
         f"({stats.seconds:.1f}s); index {', '.join(stats.index.values())}")
     captions = {json.loads(line)["image"]: json.loads(line)["caption"]

@@ -49,6 +49,26 @@ def _print_results(results, as_json: bool, paths_only: bool, what: str) -> None:
         print(f"{r.rank:>{width}}  {r.probability:6.3f}  {r.score:7.4f}  {r.path}")
 
 
+class _Progress:
+    """A tqdm bar (images/s, ETA) created on the first update, so model loading does not count."""
+
+    def __init__(self, desc: str, disable: bool = False) -> None:
+        self.desc, self.disable, self.bar = desc, disable, None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="img", desc=self.desc, disable=self.disable, dynamic_ncols=True)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def _filters(folder: Path | None, glob: str | None, after: str | None, before: str | None,
              min_width: int | None, min_height: int | None, fmt: list[str] | None):
     from searchlite.query import Filters
@@ -89,27 +109,18 @@ def index(
     as_json: JsonOpt = False,
 ) -> None:
     """Index (or update) folders of images: new, changed, moved and deleted files."""
-    from tqdm import tqdm
-
     from searchlite.vectors import INDEX_TYPES
 
     if index_type and index_type not in INDEX_TYPES:
         raise typer.BadParameter(f"--index must be one of {', '.join(INDEX_TYPES)}")
     lib = _library(library, device, batch_size, create=True)
-    bars: list[tqdm] = []
-
-    def progress(done: int, total: int) -> None:
-        if not bars:  # created on first progress, so model loading does not count against img/s
-            bars.append(tqdm(total=total, unit="img", desc="indexing", disable=as_json, dynamic_ncols=True))
-        bars[0].total = total
-        bars[0].update(done - bars[0].n)
+    progress = _Progress("indexing", disable=as_json)
 
     try:
         stats = lib.index(paths, model or (), index_type=index_type, workers=workers, draft=not no_draft,
                           include_hidden=hidden, progress=progress)
     finally:
-        for bar in bars:
-            bar.close()
+        progress.close()
     if as_json:
         print(json.dumps(stats.as_dict(), indent=1))
         return
@@ -276,8 +287,6 @@ def bench(
 
     DATASET with captions: text->image and image->text. A folder of class subfolders (or --pairs):
     image->image (recall@k, MRR, mAP)."""
-    from tqdm import tqdm
-
     from searchlite.evaluation.bench import format_table, run_bench, run_image_bench
     from searchlite.evaluation.datasets import is_labelled_folder, read_captions, read_labelled
 
@@ -298,13 +307,7 @@ def bench(
         if len(ds.problems) > 20:
             print(f"warning: ... and {len(ds.problems) - 20} more problems", file=sys.stderr)
     lib = _bench_library(dataset, library, device)
-    bars: list = []
-
-    def progress(done: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, unit="img", desc="embedding", dynamic_ncols=True))
-        bars[0].total = total
-        bars[0].update(done - bars[0].n)
+    progress = _Progress("embedding")
 
     try:
         if image_task:
@@ -312,8 +315,7 @@ def bench(
         else:
             result = run_bench(lib, ds, model, rerank or (), k_values, template, candidates, index_type, progress)
     finally:
-        for bar in bars:
-            bar.close()
+        progress.close()
     if plot:
         from searchlite.evaluation.plot import plot_recall
 
@@ -360,22 +362,15 @@ def demo(
 ) -> None:
     """Offline end-to-end demo: sample images + bundled model -> index, search, similar, bench."""
     from platformdirs import user_cache_dir
-    from tqdm import tqdm
 
     from searchlite.demo import run_demo
 
-    bars: list = []
-
-    def progress(done: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, unit="img", desc="indexing", dynamic_ncols=True))
-        bars[0].total = total
-        bars[0].update(done - bars[0].n)
-        if done >= total:
-            bars.pop().close()
-
-    run_demo(workdir or Path(user_cache_dir("searchlite", appauthor=False)) / "demo", count, device=device,
-             progress=progress)
+    progress = _Progress("indexing")
+    try:
+        run_demo(workdir or Path(user_cache_dir("searchlite", appauthor=False)) / "demo", count, device=device,
+                 progress=progress, before_queries=progress.close)
+    finally:
+        progress.close()
 
 
 @app.command()

@@ -279,6 +279,21 @@ class Catalog:
                     Embedding.model_ref == model_ref, Embedding.image_id.in_(ids[start : start + 900]))))
         return found
 
+    def rows_with_vectors(self, model_ref: int, ids: Iterable[int]) -> dict[int, Any]:
+        """Catalog rows (light Core rows, attribute access) of the ids that have a vector under the
+        model: the join that turns FAISS ids into results and drops stale ones."""
+        ids = [int(i) for i in ids if i >= 0]
+        cols = [ImageRow.id, ImageRow.root_id, ImageRow.relpath, ImageRow.status, ImageRow.width, ImageRow.height,
+                ImageRow.format, ImageRow.taken_at, ImageRow.mtime_ns]
+        out: dict[int, Any] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 900):
+                chunk = ids[start : start + 900]
+                for row in conn.execute(select(*cols).join(Embedding, Embedding.image_id == ImageRow.id).where(
+                        Embedding.model_ref == model_ref, ImageRow.id.in_(chunk))):
+                    out[row.id] = row
+        return out
+
     def images_by_id(self, ids: Iterable[int]) -> dict[int, ImageRow]:
         ids = list(ids)
         out: dict[int, ImageRow] = {}

@@ -115,10 +115,8 @@ def search_vectors(catalog: Catalog, model: ModelRow, index: VectorIndex, query:
             # PQ scores are approximate: re-score the candidates with the exact stored vectors
             exact = catalog.vectors_for(model.id, [i for _, i in pairs])
             pairs = sorted(((float(exact[i] @ q[0]), i) for _, i in pairs if i in exact), key=lambda p: (-p[0], p[1]))
-            valid = set(exact)
-        else:
-            valid = catalog.valid_ids(model.id, [i for _, i in pairs])
-        rows = catalog.images_by_id(valid)
+        # one query: catalog rows of the candidates that still have a vector under this model
+        rows = catalog.rows_with_vectors(model.id, [i for _, i in pairs])
         results = []
         for cos, image_id in pairs:
             row = rows.get(image_id)

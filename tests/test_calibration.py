@@ -32,3 +32,30 @@ def test_sample_pairs_labels_positives_and_negatives():
     assert labels.sum() == 3
     assert set(cos[labels == 1]) == {0.9, 0.8, 0.3}
     assert set(cos[labels == 0]) <= {0.1, 0.2}  # q0 negatives: images 1, 2; q1 negatives: image 0
+
+
+def test_calibrate_command_stores_parameters_used_by_search(tmp_path, hf_clip):
+    import json
+
+    from typer.testing import CliRunner
+
+    from searchlite.cli.main import app
+    from searchlite.demo import _generator
+
+    data = tmp_path / "set"
+    _generator().generate(data, 30, 1, "test")
+    spec = f"hf:{hf_clip}"
+    runner = CliRunner()
+    lib = tmp_path / "lib"
+    assert runner.invoke(app, ["index", str(data), "-m", spec, "-L", str(lib)]).exit_code == 0
+    out = runner.invoke(app, ["calibrate", str(data), "-m", spec, "-L", str(lib), "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    for when in ("before", "after"):
+        assert set(report[when]) >= {"ece", "brier"}
+    assert report["after"]["brier"] <= report["before"]["brier"]
+    results = json.loads(runner.invoke(app, ["search", "a red circle", "-L", str(lib), "--json", "-k", "5"]).stdout)
+    for r in results:
+        assert r["probability"] == pytest.approx(1 / (1 + np.exp(-(report["a"] * r["score"] + report["b"]))), abs=1e-9)
+    status = json.loads(runner.invoke(app, ["status", "-L", str(lib), "--json"]).stdout)
+    assert status["models"][0]["calibrated"] is True

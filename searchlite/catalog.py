@@ -8,7 +8,6 @@ so an id left behind in a FAISS index can never point at another image.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
@@ -269,16 +268,6 @@ class Catalog:
         with self.engine.connect() as conn:
             return int(conn.scalar(select(func.count()).select_from(Embedding).where(Embedding.model_ref == model_ref)))
 
-    def valid_ids(self, model_ref: int, ids: Iterable[int]) -> set[int]:
-        """Which of these ids have a vector under this model now (stale FAISS ids are filtered out)."""
-        ids = [int(i) for i in ids if i >= 0]
-        found: set[int] = set()
-        with self.engine.connect() as conn:
-            for start in range(0, len(ids), 900):
-                found.update(conn.scalars(select(Embedding.image_id).where(
-                    Embedding.model_ref == model_ref, Embedding.image_id.in_(ids[start : start + 900]))))
-        return found
-
     def rows_with_vectors(self, model_ref: int, ids: Iterable[int]) -> dict[int, Any]:
         """Catalog rows (light Core rows, attribute access) of the ids that have a vector under the
         model: the join that turns FAISS ids into results and drops stale ones."""
@@ -293,19 +282,6 @@ class Catalog:
                         Embedding.model_ref == model_ref, ImageRow.id.in_(chunk))):
                     out[row.id] = row
         return out
-
-    def images_by_id(self, ids: Iterable[int]) -> dict[int, ImageRow]:
-        ids = list(ids)
-        out: dict[int, ImageRow] = {}
-        with self.Session() as s:
-            for start in range(0, len(ids), 900):
-                for row in s.scalars(select(ImageRow).where(ImageRow.id.in_(ids[start : start + 900]))):
-                    out[row.id] = row
-        return out
-
-    def absolute_path(self, row: ImageRow, roots: dict[int, str] | None = None) -> Path:
-        roots = roots or self.roots()
-        return Path(roots[row.root_id]) / row.relpath
 
     def find_image(self, path: Path) -> ImageRow | None:
         """The catalog row of a file on disk, if it is inside an indexed root."""
@@ -338,7 +314,3 @@ class Catalog:
         with self.Session() as s:
             rows = s.scalars(select(ImageRow).where(ImageRow.status == "error").order_by(ImageRow.id))
             return [(str(Path(roots[r.root_id]) / r.relpath), r.error or "") for r in rows]
-
-    def record_run(self, stats: dict[str, Any]) -> None:
-        with self.Session.begin() as s:
-            s.add(RunRow(finished_at=utcnow(), stats=json.dumps(stats)))

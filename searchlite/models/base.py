@@ -179,7 +179,3 @@ class TorchEmbedder:
         if not out:
             return np.zeros((0, self.dim), dtype=np.float32)
         return l2_normalize(np.concatenate(out))
-
-    def format_query(self, text: str, template: str | None = None) -> str:
-        """Wrap a user query in the prompt template ('{}' is replaced by the query)."""
-        return (template or self.template).format(text)

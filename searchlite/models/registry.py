@@ -56,11 +56,6 @@ class ModelSpec:
             return f"hf:{self.source}"
         return f"openclip:{self.source}" + (f"@{self.pretrained}" if self.pretrained else "")
 
-    @property
-    def is_local(self) -> bool:
-        return Path(self.source).expanduser().is_dir() or (
-            self.pretrained is not None and Path(self.pretrained).expanduser().is_file()
-        )
 
 
 def fingerprint(path: Path) -> str:

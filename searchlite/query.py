@@ -49,6 +49,21 @@ class Filters:
     min_height: int | None = None
     formats: tuple[str, ...] = ()
 
+    def to_json(self) -> dict:
+        return {"glob": self.glob, "folder": str(self.folder) if self.folder else None,
+                "after": self.after.isoformat() if self.after else None,
+                "before": self.before.isoformat() if self.before else None,
+                "min_width": self.min_width, "min_height": self.min_height, "formats": list(self.formats)}
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> Filters:
+        data = data or {}
+        return cls(glob=data.get("glob"), folder=Path(data["folder"]) if data.get("folder") else None,
+                   after=datetime.fromisoformat(data["after"]) if data.get("after") else None,
+                   before=datetime.fromisoformat(data["before"]) if data.get("before") else None,
+                   min_width=data.get("min_width"), min_height=data.get("min_height"),
+                   formats=tuple(data.get("formats") or ()))
+
     def active(self) -> bool:
         return any([self.glob, self.folder, self.after, self.before, self.min_width, self.min_height, self.formats])
 
@@ -83,6 +98,11 @@ class SearchResult:
     height: int | None = None
     taken_at: str | None = None
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SearchResult:
+        names = ("rank", "path", "score", "logit", "probability", "image_id", "width", "height", "taken_at")
+        return cls(**{k: data.get(k) for k in names}, extra={k: v for k, v in data.items() if k not in names})
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("rank", "path", "score", "logit", "probability", "image_id", "width",

@@ -32,6 +32,26 @@ def _library(library: Path | None, device: str = "auto", batch_size: int = 32, c
     return Library(library, device=device, batch_size=batch_size, create=create)
 
 
+def _remote(library: Path | None, command: str, args: dict):
+    """Results from a running `searchlite serve` for this library, or None (then search in-process)."""
+    import os
+
+    if os.environ.get("SEARCHLITE_NO_SERVER"):
+        return None
+    from searchlite import server
+    from searchlite.config import default_library
+
+    args = {**args, "cwd": os.getcwd()}  # relative image terms resolve as they would in-process
+    reply = server.request(library.expanduser() if library else default_library(), command, args)
+    if reply is None:
+        return None
+    if not reply.get("ok"):
+        raise SearchliteError(reply.get("error", "the searchlite server failed"))
+    from searchlite.query import SearchResult
+
+    return [SearchResult.from_dict(d) for d in reply["results"]]
+
+
 def _print_results(results, as_json: bool, paths_only: bool, what: str) -> None:
     if as_json:
         print(json.dumps([r.as_dict() for r in results], indent=1))
@@ -152,8 +172,13 @@ def search(
     as_json: JsonOpt = False,
 ) -> None:
     """Text-to-image search (optionally re-ranked by a second model)."""
-    lib = _library(library, device)
     filters = _filters(folder, glob, after, before, min_width, min_height, fmt)
+    if not rerank:
+        remote = _search_remote(library, text, model, k, template, ensemble, min_prob, sort, filters)
+        if remote is not None:
+            _print_results(remote, as_json, paths, f'"{text}"')
+            return
+    lib = _library(library, device)
     if rerank:
         from searchlite.rerank import rerank as run_rerank
 
@@ -162,6 +187,12 @@ def search(
         results = lib.search(text, model, k, template=template, min_prob=min_prob, sort=sort, filters=filters,
                              ensemble=ensemble)
     _print_results(results, as_json, paths, f'"{text}"')
+
+
+def _search_remote(library, text, model, k, template, ensemble, min_prob, sort, filters):
+    return _remote(library, "search", {"text": text, "model": model, "k": k, "template": template,
+                                       "ensemble": ensemble, "min_prob": min_prob, "sort": sort,
+                                       "filters": filters.to_json()})
 
 
 @app.command()
@@ -204,10 +235,30 @@ def similar(
     as_json: JsonOpt = False,
 ) -> None:
     """Image-to-image search."""
-    lib = _library(library, device)
-    results = lib.similar(image, model, k, min_prob=min_prob,
-                          filters=_filters(folder, glob, after, before, min_width, min_height, fmt))
+    filters = _filters(folder, glob, after, before, min_width, min_height, fmt)
+    results = _remote(library, "similar", {"image": str(image.expanduser().resolve()), "model": model, "k": k,
+                                           "min_prob": min_prob, "filters": filters.to_json()})
+    if results is None:
+        results = _library(library, device).similar(image, model, k, min_prob=min_prob, filters=filters)
     _print_results(results, as_json, paths, str(image))
+
+
+@app.command()
+def serve(
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Models to preload (default: all).")] = None,
+    device: DeviceOpt = "auto",
+    library: LibraryOpt = None,
+) -> None:
+    """Keep models loaded and answer `search` / `similar` instantly (Ctrl-C stops)."""
+    from searchlite.server import serve as run_server
+    from searchlite.server import socket_path
+
+    lib = _library(library, device)
+    print(f"serving {lib.path} on {socket_path(lib.path)} (Ctrl-C to stop)", flush=True)
+    try:
+        run_server(lib, model or [])
+    except KeyboardInterrupt:
+        print("stopped")
 
 
 @app.command()

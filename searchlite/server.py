@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import socketserver
 import tempfile
@@ -101,6 +102,10 @@ def serve(lib, models: list[str]) -> None:
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             self.wfile.write(json.dumps(reply).encode() + b"\n")
 
+    def stop(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # `kill` stops it as cleanly as Ctrl-C (the socket is removed)
     with socketserver.UnixStreamServer(str(path), Handler) as server:
         os.chmod(path, 0o600)
         try:

@@ -48,3 +48,18 @@ def test_pending_migrations_run_in_order_and_keep_data(tmp_path, monkeypatch):
 def test_missing_library_is_a_clear_error(tmp_path):
     with pytest.raises(LibraryError, match="no searchlite library"):
         Catalog(tmp_path / "nothing", create=False)
+
+
+def test_version_1_catalog_is_upgraded_with_its_data(tmp_path):
+    cat = Catalog(tmp_path)
+    with cat.Session.begin() as s:
+        cat.root_id(s, tmp_path / "photos")
+    with cat.engine.begin() as conn:  # make it look like a release-1 catalog
+        conn.execute(text("DROP INDEX ix_embeddings_model_seq"))
+        conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
+    upgraded = Catalog(tmp_path)
+    assert upgraded.schema_version == SCHEMA_VERSION == 2
+    with upgraded.engine.connect() as conn:
+        names = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'index'"))}
+    assert "ix_embeddings_model_seq" in names
+    assert list(upgraded.roots().values()) == [str(tmp_path / "photos")]

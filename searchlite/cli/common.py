@@ -1,0 +1,113 @@
+"""Shared pieces of the CLI: the typer app, common options, output and progress helpers.
+
+Heavy modules (torch, transformers, faiss) are imported inside commands so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from searchlite.errors import SearchliteError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Semantic image search with SigLIP, CLIP and ALIGN.")
+
+LibraryOpt = Annotated[Path | None, typer.Option("--library", "-L", help="Library folder "
+                       "(default: $SEARCHLITE_LIBRARY or the user data dir).", show_default=False)]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model spec or alias (default: the "
+                     "library's first model).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|mps")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def open_library(library: Path | None, device: str = "auto", batch_size: int = 32, create: bool = False):
+    from searchlite.library import Library
+
+    return Library(library, device=device, batch_size=batch_size, create=create)
+
+
+def remote(library: Path | None, command: str, args: dict):
+    """Results from a running `searchlite serve` for this library, or None (then search in-process)."""
+    if os.environ.get("SEARCHLITE_NO_SERVER"):
+        return None
+    from searchlite import server
+    from searchlite.config import default_library
+
+    args = {**args, "cwd": os.getcwd()}  # relative image terms resolve as they would in-process
+    reply = server.request(library.expanduser() if library else default_library(), command, args)
+    if reply is None:
+        return None
+    if not reply.get("ok"):
+        raise SearchliteError(reply.get("error", "the searchlite server failed"))
+    from searchlite.query import SearchResult
+
+    return [SearchResult.from_dict(d) for d in reply["results"]]
+
+
+def print_results(results, as_json: bool, paths_only: bool, what: str) -> None:
+    if as_json:
+        print(json.dumps([r.as_dict() for r in results], indent=1))
+        return
+    if not results:
+        print(f"no image matches {what}")
+        return
+    if paths_only:
+        for r in results:
+            print(r.path)
+        return
+    width = max(len(str(len(results))), 4)
+    print(f"{'rank':>{width}}  {'prob':>6}  {'score':>7}  path")
+    for r in results:
+        print(f"{r.rank:>{width}}  {r.probability:6.3f}  {r.score:7.4f}  {r.path}")
+
+
+class Progress:
+    """A tqdm bar (images/s, ETA) created on the first update, so model loading does not count."""
+
+    def __init__(self, desc: str, disable: bool = False) -> None:
+        self.desc, self.disable, self.bar = desc, disable, None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="img", desc=self.desc, disable=self.disable, dynamic_ncols=True)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def parse_filters(folder: Path | None, glob: str | None, after: str | None, before: str | None,
+             min_width: int | None, min_height: int | None, fmt: list[str] | None):
+    from searchlite.query import Filters
+
+    def date(s: str | None) -> datetime | None:
+        if not s:
+            return None
+        try:
+            return datetime.fromisoformat(s)
+        except ValueError as exc:
+            raise typer.BadParameter(f"not an ISO date: {s} (e.g. 2023-07-01)") from exc
+
+    return Filters(glob=glob, folder=folder.expanduser().resolve() if folder else None, after=date(after),
+                   before=date(before), min_width=min_width, min_height=min_height, formats=tuple(fmt or ()))
+
+
+FolderOpt = Annotated[Path | None, typer.Option("--folder", help="Only images under this folder.")]
+GlobOpt = Annotated[str | None, typer.Option("--glob", help="Only paths matching this glob, e.g. '*/2023/*'.")]
+AfterOpt = Annotated[str | None, typer.Option("--after", help="Taken on/after (EXIF, else mtime), ISO date.")]
+BeforeOpt = Annotated[str | None, typer.Option("--before", help="Taken on/before, ISO date.")]
+MinWOpt = Annotated[int | None, typer.Option("--min-width", help="Minimum width in pixels.")]
+MinHOpt = Annotated[int | None, typer.Option("--min-height", help="Minimum height in pixels.")]
+FormatOpt = Annotated[list[str] | None, typer.Option("--format", help="Only these formats (JPEG, PNG...).")]
+MinProbOpt = Annotated[float | None, typer.Option("--min-prob", help="Drop results below this probability.")]

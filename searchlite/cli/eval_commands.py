@@ -1,0 +1,141 @@
+"""Evaluation commands: bench, calibrate, demo, models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from searchlite.cli.common import DeviceOpt, JsonOpt, LibraryOpt, Progress, app, open_library
+
+
+def _bench_library(dataset: Path, library: Path | None, device: str):
+    import hashlib
+
+    from platformdirs import user_cache_dir
+
+    if library is None:
+        key = hashlib.sha256(str(dataset.expanduser().resolve()).encode()).hexdigest()[:16]
+        library = Path(user_cache_dir("searchlite", appauthor=False)) / "bench" / key
+    return open_library(library, device, create=True)
+
+
+@app.command(rich_help_panel="Benchmarks, calibration and demo")
+def bench(
+    dataset: Annotated[Path, typer.Argument(help="captions.jsonl/.csv folder or file, COCO/Karpathy JSON, TSV.")],
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Model to benchmark; repeat for several.")],
+    rerank: Annotated[list[str] | None, typer.Option("--rerank", help="A:B = B re-scores A's candidates.")] = None,
+    index_type: Annotated[str | None, typer.Option("--index", help="auto|flat|hnsw|ivf|ivfpq")] = None,
+    ks: Annotated[str, typer.Option("-k", help="Comma-separated k values.")] = "1,5,10",
+    template: Annotated[str | None, typer.Option("--template", help="Wrap captions (default: as-is).")] = None,
+    candidates: Annotated[int, typer.Option("--candidates", min=1)] = 100,
+    images: Annotated[Path | None, typer.Option("--images", help="Image folder for JSON/TSV datasets.")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Karpathy split (e.g. test).")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write recall@k curves to a PNG.")] = None,
+    pairs: Annotated[Path | None, typer.Option("--pairs", help="Image->image: CSV of (query, relevant) pairs.")] = None,
+    device: DeviceOpt = "auto",
+    library: Annotated[Path | None, typer.Option("--library", "-L", help="Bench cache library.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retrieval benchmark: recall@k and MRR per model and rerank pair, plus ANN recall.
+
+    DATASET with captions: text->image and image->text. A folder of class subfolders (or --pairs):
+    image->image (recall@k, MRR, mAP)."""
+    from searchlite.evaluation.bench import format_table, run_bench, run_image_bench
+    from searchlite.evaluation.datasets import is_labelled_folder, read_captions, read_labelled
+
+    try:
+        k_values = sorted({int(k) for k in ks.split(",") if k.strip()})
+    except ValueError as exc:
+        raise typer.BadParameter("-k takes comma-separated integers, e.g. 1,5,10") from exc
+    for pair in rerank or []:
+        if ":" not in pair:
+            raise typer.BadParameter(f"--rerank takes A:B, got {pair}")
+    image_task = pairs is not None or is_labelled_folder(dataset)
+    if image_task:
+        labelled = read_labelled(pairs or dataset)
+    else:
+        ds = read_captions(dataset, images, split)
+        for problem in ds.problems[:20]:
+            print(f"warning: {problem}", file=sys.stderr)
+        if len(ds.problems) > 20:
+            print(f"warning: ... and {len(ds.problems) - 20} more problems", file=sys.stderr)
+    lib = _bench_library(dataset, library, device)
+    progress = Progress("embedding")
+
+    try:
+        if image_task:
+            result = run_image_bench(lib, labelled, model, k_values, index_type, progress)
+        else:
+            result = run_bench(lib, ds, model, rerank or (), k_values, template, candidates, index_type, progress)
+    finally:
+        progress.close()
+    if plot:
+        from searchlite.evaluation.plot import plot_recall
+
+        plot_recall(result, plot)
+    print(json.dumps(result, indent=1) if as_json else format_table(result))
+
+
+@app.command(rich_help_panel="Benchmarks, calibration and demo")
+def calibrate(
+    dataset: Annotated[Path, typer.Argument(help="Captioned dataset (as for bench).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model to calibrate (CLIP or ALIGN).")],
+    negatives: Annotated[int, typer.Option("--negatives", min=1, help="Negative pairs per positive.")] = 10,
+    template: Annotated[str | None, typer.Option("--template")] = None,
+    images: Annotated[Path | None, typer.Option("--images")] = None,
+    split: Annotated[str | None, typer.Option("--split")] = None,
+    device: DeviceOpt = "auto",
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit Platt scaling (probability = sigmoid(a*cos + b)) for a model and store it in the library."""
+    from searchlite.calibration import calibrate as run_calibrate
+    from searchlite.evaluation.datasets import read_captions
+
+    ds = read_captions(dataset, images, split)
+    target = open_library(library, device, create=True)
+    report = run_calibrate(_bench_library(dataset, None, device), ds, model, target=target, negatives=negatives,
+                           template=template)
+    if as_json:
+        print(json.dumps(report, indent=1))
+        return
+    print(f"{model}: a={report['a']:.4f} b={report['b']:.4f} on {report['pairs']} pairs ({report['positives']} positive)")
+    for when in ("before", "after"):
+        print(f"  {when:6}  ECE {report[when]['ece']:.4f}  Brier {report[when]['brier']:.4f}")
+    if "note" in report:
+        print(f"  note: {report['note']}")
+
+
+@app.command(rich_help_panel="Benchmarks, calibration and demo")
+def demo(
+    workdir: Annotated[Path | None, typer.Option("--dir", help="Where to put sample images and the demo library "
+                                                    "(default: the user cache dir).")] = None,
+    count: Annotated[int, typer.Option("--count", min=10)] = 300,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Offline end-to-end demo: sample images + bundled model -> index, search, similar, bench."""
+    from platformdirs import user_cache_dir
+
+    from searchlite.demo import run_demo
+
+    progress = Progress("indexing")
+    try:
+        run_demo(workdir or Path(user_cache_dir("searchlite", appauthor=False)) / "demo", count, device=device,
+                 progress=progress, before_queries=progress.close)
+    finally:
+        progress.close()
+
+
+@app.command(rich_help_panel="Benchmarks, calibration and demo")
+def models() -> None:
+    """List the model aliases and spec formats."""
+    from searchlite.models.registry import ALIASES, DEMO_ALIAS
+
+    for alias, spec in ALIASES.items():
+        print(f"{alias:12} {spec}")
+    print(f"{DEMO_ALIAS:12} the bundled demo model (sample_data/demo-model)")
+    print("\nspecs: hf:<hub id or folder> | openclip:<arch>@<tag or checkpoint file> | openclip:<folder>")

@@ -1,0 +1,221 @@
+"""Library commands: index, search, similar, compare, serve, status, errors, reindex."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from searchlite.cli.common import (
+    AfterOpt,
+    BeforeOpt,
+    DeviceOpt,
+    FolderOpt,
+    FormatOpt,
+    GlobOpt,
+    JsonOpt,
+    LibraryOpt,
+    MinHOpt,
+    MinProbOpt,
+    MinWOpt,
+    ModelOpt,
+    Progress,
+    app,
+    open_library,
+    parse_filters,
+    print_results,
+    remote,
+)
+
+
+@app.command()
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Folders to index.")],
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model spec or alias; repeat for several.")] = None,
+    index_type: Annotated[str | None, typer.Option("--index", help="auto|flat|hnsw|ivf|ivfpq")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decode threads (default: cores).")] = None,
+    device: DeviceOpt = "auto",
+    no_draft: Annotated[bool, typer.Option("--no-draft", help="Full JPEG decode (exact parity).")] = False,
+    hidden: Annotated[bool, typer.Option("--hidden", help="Also index hidden folders and files.")] = False,
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index (or update) folders of images: new, changed, moved and deleted files."""
+    from searchlite.vectors import INDEX_TYPES
+
+    if index_type and index_type not in INDEX_TYPES:
+        raise typer.BadParameter(f"--index must be one of {', '.join(INDEX_TYPES)}")
+    lib = open_library(library, device, batch_size, create=True)
+    progress = Progress("indexing", disable=as_json)
+
+    try:
+        stats = lib.index(paths, model or (), index_type=index_type, workers=workers, draft=not no_draft,
+                          include_hidden=hidden, progress=progress)
+    finally:
+        progress.close()
+    if as_json:
+        print(json.dumps(stats.as_dict(), indent=1))
+        return
+    print(f"added {stats.added}, updated {stats.updated}, moved {stats.moved}, removed {stats.removed}, "
+          f"failed {stats.failed}, unchanged {stats.unchanged} in {stats.seconds:.1f}s")
+    for model_id, factory in stats.index.items():
+        print(f"index for {model_id}: {factory}")
+    if stats.failed:
+        print("see `searchlite errors` for the files that could not be read")
+
+
+@app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option("-k", "--top", min=1)] = 20,
+    model: ModelOpt = None,
+    template: Annotated[str | None, typer.Option("--template", help="Prompt template; '{}' = the query.")] = None,
+    ensemble: Annotated[bool, typer.Option("--ensemble", help="Average the 80 OpenAI ImageNet templates.")] = False,
+    min_prob: MinProbOpt = None,
+    folder: FolderOpt = None, glob: GlobOpt = None, after: AfterOpt = None, before: BeforeOpt = None,
+    min_width: MinWOpt = None, min_height: MinHOpt = None, fmt: FormatOpt = None,
+    sort: Annotated[str, typer.Option("--sort", help="relevance|date")] = "relevance",
+    paths: Annotated[bool, typer.Option("--paths", help="Print paths only.")] = False,
+    rerank: Annotated[str | None, typer.Option("--rerank", help="Re-score the candidates with this model.")] = None,
+    candidates: Annotated[int, typer.Option("--candidates", min=1, help="First-stage pool for --rerank.")] = 100,
+    fusion: Annotated[str, typer.Option("--fusion", help="replace|rrf|prob (with --rerank).")] = "replace",
+    device: DeviceOpt = "auto",
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Text-to-image search (optionally re-ranked by a second model)."""
+    filters = parse_filters(folder, glob, after, before, min_width, min_height, fmt)
+    if not rerank:
+        served = _search_remote(library, text, model, k, template, ensemble, min_prob, sort, filters)
+        if served is not None:
+            print_results(served, as_json, paths, f'"{text}"')
+            return
+    lib = open_library(library, device)
+    if rerank:
+        from searchlite.rerank import rerank as run_rerank
+
+        results = run_rerank(lib, text, model, rerank, k, candidates, fusion, template, filters, min_prob)
+    else:
+        results = lib.search(text, model, k, template=template, min_prob=min_prob, sort=sort, filters=filters,
+                             ensemble=ensemble)
+    print_results(results, as_json, paths, f'"{text}"')
+
+
+def _search_remote(library, text, model, k, template, ensemble, min_prob, sort, filters):
+    return remote(library, "search", {"text": text, "model": model, "k": k, "template": template,
+                                       "ensemble": ensemble, "min_prob": min_prob, "sort": sort,
+                                       "filters": filters.to_json()})
+
+
+@app.command()
+def compare(
+    text: Annotated[str, typer.Argument(help="What to look for.")],
+    models: Annotated[str, typer.Option("--models", help="Comma-separated model specs or aliases.")],
+    k: Annotated[int, typer.Option("-k", "--top", min=1)] = 10,
+    candidates: Annotated[int, typer.Option("--candidates", min=1)] = 100,
+    shared: Annotated[bool, typer.Option("--shared-pool", help="Every model re-scores the first model's pool.")] = False,
+    device: DeviceOpt = "auto",
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Side-by-side top-k of several models, with where they agree."""
+    from searchlite.rerank import compare as run_compare
+
+    specs = [m.strip() for m in models.split(",") if m.strip()]
+    out = run_compare(open_library(library, device), text, specs, k, candidates, shared)
+    if as_json:
+        print(json.dumps({spec: [r.as_dict() for r in res] for spec, res in out.items()}, indent=1))
+        return
+    for spec, res in out.items():
+        print(f"== {spec}")
+        for r in res:
+            agree = f"  [also: {', '.join(r.extra['also_in'])}]" if r.extra.get("also_in") else ""
+            print(f"{r.rank:>4}  {r.probability:6.3f}  {r.path}{agree}")
+
+
+@app.command()
+def similar(
+    image: Annotated[Path, typer.Argument(help="Query image (in the library or not).")],
+    k: Annotated[int, typer.Option("-k", "--top", min=1)] = 20,
+    model: ModelOpt = None,
+    min_prob: MinProbOpt = None,
+    folder: FolderOpt = None, glob: GlobOpt = None, after: AfterOpt = None, before: BeforeOpt = None,
+    min_width: MinWOpt = None, min_height: MinHOpt = None, fmt: FormatOpt = None,
+    paths: Annotated[bool, typer.Option("--paths", help="Print paths only.")] = False,
+    device: DeviceOpt = "auto",
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Image-to-image search."""
+    filters = parse_filters(folder, glob, after, before, min_width, min_height, fmt)
+    results = remote(library, "similar", {"image": str(image.expanduser().resolve()), "model": model, "k": k,
+                                           "min_prob": min_prob, "filters": filters.to_json()})
+    if results is None:
+        results = open_library(library, device).similar(image, model, k, min_prob=min_prob, filters=filters)
+    print_results(results, as_json, paths, str(image))
+
+
+@app.command()
+def serve(
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Models to preload (default: all).")] = None,
+    device: DeviceOpt = "auto",
+    library: LibraryOpt = None,
+) -> None:
+    """Keep models loaded and answer `search` / `similar` instantly (Ctrl-C stops)."""
+    from searchlite.server import serve as run_server
+    from searchlite.server import socket_path
+
+    lib = open_library(library, device)
+    print(f"serving {lib.path} on {socket_path(lib.path)} (Ctrl-C to stop)", flush=True)
+    try:
+        run_server(lib, model or [])
+    except KeyboardInterrupt:
+        print("stopped")
+
+
+@app.command()
+def status(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
+    """Counts of images (ok / pending / error) and vectors per model."""
+    info = open_library(library).status()
+    if as_json:
+        print(json.dumps(info, indent=1))
+        return
+    print(f"library: {info['library']}")
+    for root in info["roots"]:
+        print(f"  root: {root}")
+    print("images: " + ", ".join(f"{k} {v}" for k, v in sorted(info["images"].items())) if info["images"]
+          else "images: none")
+    for m in info["models"]:
+        print(f"model {m['model']} ({m['family']}, d={m['dim']}): {info['vectors'].get(m['model_id'], 0)} vectors, "
+              f"index {m['index']} ({m['index_type']}){', calibrated' if m['calibrated'] else ''}")
+
+
+@app.command()
+def errors(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
+    """Files that could not be indexed, with the reason."""
+    rows = open_library(library).errors()
+    if as_json:
+        print(json.dumps([{"path": p, "error": e} for p, e in rows], indent=1))
+        return
+    if not rows:
+        print("no errors")
+    for path, err in rows:
+        print(f"{path}\t{err}")
+
+
+@app.command()
+def reindex(
+    index_type: Annotated[str, typer.Option("--index", help="auto|flat|hnsw|ivf|ivfpq")] = "auto",
+    model: ModelOpt = None,
+    library: LibraryOpt = None,
+) -> None:
+    """Rebuild a model's FAISS index from the stored vectors (no re-embedding)."""
+    from searchlite.vectors import INDEX_TYPES
+
+    if index_type not in INDEX_TYPES:
+        raise typer.BadParameter(f"--index must be one of {', '.join(INDEX_TYPES)}")
+    factory = open_library(library).reindex(model, index_type)
+    print(f"rebuilt: {factory}")

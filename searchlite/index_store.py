@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from searchlite.catalog import Catalog, ModelRow
-from searchlite.vectors import VectorIndex, choose_type
+from searchlite.vectors import VectorIndex, choose_type, kind_of
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,17 @@ class IndexStore:
         requested = kind or self.model.index_type
         count = self.catalog.count_vectors(self.model.id)
         files = _index_files(self.folder)
+        target = choose_type(count) if requested == "auto" else requested
+        if (files and not rebuild and not removed_ids and requested == self.model.index_type
+                and files[-1][1] == self.catalog.max_seq(self.model.id)
+                and self.model.index_factory and kind_of(self.model.index_factory) == target):
+            return self.model.index_factory  # nothing changed: do not rewrite a file that may be GBs
         index, seq, stale = None, 0, self.model.index_stale
         if files and not rebuild:
             index, seq = self.load(catch_up=True, mmap=False)
         if index is not None and removed_ids:
             if not index.remove(np.asarray(removed_ids, dtype=np.int64)):
                 stale += len(removed_ids)
-        target = choose_type(count) if requested == "auto" else requested
         if index is not None and (
             index.kind != target
             or index.ntotal - stale != count

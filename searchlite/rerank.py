@@ -17,6 +17,7 @@ import numpy as np
 from searchlite.catalog import Embedding, ModelRow
 from searchlite.errors import QueryError
 from searchlite.imaging import load_image
+from searchlite.models.registry import parse_spec
 from searchlite.query import Filters, SearchResult, calibration, sigmoid
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,6 @@ def compare(lib, text: str, specs: Sequence[str], k: int = 10, candidates: int =
     pool: list[SearchResult] | None = None
     out: dict[str, list[SearchResult]] = {}
     for spec in specs:
-        from searchlite.models.registry import parse_spec
-
         own_index = parse_spec(spec).model_id in indexed and not (shared_pool and spec != specs[0])
         if own_index:
             out[spec] = lib.search(text, spec, k=k)

@@ -55,6 +55,15 @@ def factory_string(kind: str, n: int, dim: int) -> str:
     raise ValueError(f"unknown index type {kind!r}; choose one of {', '.join(INDEX_TYPES)}")
 
 
+def kind_of(factory: str) -> str:
+    """The index type ('flat', 'hnsw', 'ivf', 'ivfpq') of a factory string."""
+    if "HNSW" in factory:
+        return "hnsw"
+    if "IVF" in factory:
+        return "ivfpq" if "PQ" in factory else "ivf"
+    return "flat"
+
+
 def describe(index: object) -> str:
     """The factory-style description of a loaded index (e.g. 'IDMap2,HNSW32', 'IVF1024,Flat')."""
     import faiss
@@ -119,9 +128,7 @@ class VectorIndex:
 
     @property
     def kind(self) -> str:
-        f = self.factory
-        return "flat" if f.endswith("Flat") and "IVF" not in f else "hnsw" if "HNSW" in f else (
-            "ivfpq" if "PQ" in f else "ivf")
+        return kind_of(self.factory)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),

@@ -29,6 +29,11 @@ def _photo(path: Path, seed: int, size: tuple[int, int] = (64, 48)) -> Path:
     return path
 
 
+def _photos(folder: Path, n: int, size: tuple[int, int]) -> None:
+    for i in range(n):
+        _photo(folder / f"{i:04d}.png", i, size=size)
+
+
 def _counts(lib: Library) -> tuple[int, int]:
     with lib.catalog.Session() as s:
         images = s.scalar(select(func.count()).select_from(ImageRow).where(ImageRow.status == "ok"))
@@ -51,9 +56,11 @@ def test_incremental_add_modify_rename_delete(tmp_path, hf_siglip):
     assert _counts(lib) == (6, 6)
     first_ids = {r.path: r.image_id for r in lib.search("x", spec, k=10)}
 
-    # nothing changed: nothing is embedded again
+    # nothing changed: nothing is embedded again, and the FAISS file is not rewritten
+    index_files = sorted(p.name for p in (tmp_path / "lib" / "vectors").rglob("*.faiss"))
     stats = lib.index([photos], [spec])
     assert (stats.added, stats.updated, stats.moved, stats.removed, stats.unchanged) == (0, 0, 0, 0, 6)
+    assert sorted(p.name for p in (tmp_path / "lib" / "vectors").rglob("*.faiss")) == index_files
 
     # rename keeps the id (and vector); modify gets a new id; delete disappears; new file added
     (photos / "sub").mkdir()
@@ -192,8 +199,7 @@ def _vector_count(lib_dir: Path) -> int:
 def test_kill_9_mid_run_then_resume_without_duplicates(tmp_path, hf_siglip):
     spec = f"hf:{hf_siglip}"
     photos = tmp_path / "photos"
-    for i in range(300):
-        _photo(photos / f"{i:04d}.png", i, size=(160, 160))
+    _photos(photos, 300, (160, 160))
     lib_dir = tmp_path / "lib"
     proc = subprocess.Popen(_index_cmd(photos, lib_dir, spec, batch=2), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -222,8 +228,7 @@ def test_kill_9_mid_run_then_resume_without_duplicates(tmp_path, hf_siglip):
 def test_search_during_indexing_answers_from_committed_state(tmp_path, hf_siglip):
     spec = f"hf:{hf_siglip}"
     photos = tmp_path / "photos"
-    for i in range(300):
-        _photo(photos / f"{i:04d}.png", i, size=(96, 96))
+    _photos(photos, 300, (96, 96))
     lib_dir = tmp_path / "lib"
     first = tmp_path / "first"
     _photo(first / "seed.png", 9999)

@@ -194,9 +194,6 @@ class Catalog:
         with self.Session() as s:
             return int(s.get(Meta, "schema_version").value)
 
-    def session(self) -> Session:
-        return self.Session()
-
     # -- roots & models ----------------------------------------------------------------------
     def root_id(self, s: Session, path: Path) -> int:
         key = str(path)

@@ -1,8 +1,8 @@
 """Train the bundled demo model: a small SigLIP (transformers SiglipModel) with a real
 SentencePiece tokenizer, trained with the sigmoid loss of the SigLIP paper on the ``train`` split
-of sample_data/generate.py. Seeded and CPU-only: about 10 minutes on 2 cores.
+of searchlite/sample_data/generate.py. Seeded and CPU-only: about 13 minutes on 2 cores.
 
-    python sample_data/train_demo.py sample_data/demo-model
+    python sample_data/train_demo.py searchlite/sample_data/demo-model
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import argparse
 import io
 import itertools
 import random
-import sys
 import time
 from multiprocessing import Pool
 from pathlib import Path
@@ -20,8 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-import generate as gen  # noqa: E402
+from searchlite.sample_data import generate as gen
 
 IMAGE_SIZE = 64
 #: SigLIP's default prompt template; half the training captions are wrapped in it, so the model

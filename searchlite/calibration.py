@@ -67,21 +67,20 @@ def sample_pairs(sims: np.ndarray, relevant: list[list[int]], negatives: int = 1
 
 
 def calibrate(library, dataset, spec: str, target=None, negatives: int = 10, template: str | None = None) -> dict:
-    """Fit (a, b) for a model on a dataset, store them in ``target`` (a Library; default: the one
-    that embedded the dataset), and return the before/after report."""
+    """Fit (a, b) for a model on a dataset embedded in ``library`` (a bench library), and store
+    them in ``target`` (default: ``library``) without making the model 'indexed' there."""
     import json
 
-    from searchlite.catalog import ModelRow
     from searchlite.evaluation.bench import dataset_vectors
-    from searchlite.query import calibration, sigmoid
+    from searchlite.query import calibration, check_template, sigmoid
 
+    check_template(template)
     library.index([dataset.root], [spec])
     texts, relevant, _ = dataset.queries()
-    emb = library.embedder(spec)
-    img = dataset_vectors(library, dataset, spec)
-    txt = emb.embed_texts([template.format(t) if template else t for t in texts])
-    cos, labels = sample_pairs(txt @ img.T, relevant, negatives)
     row = library.model_row(spec)
+    img = dataset_vectors(library, dataset, spec)
+    txt = library.text_vectors(row, [template.format(t) if template else t for t in texts])
+    cos, labels = sample_pairs(txt @ img.T, relevant, negatives)
     a0, b0 = calibration(row)
     before = sigmoid(a0 * cos + b0)
     a, b = fit_platt(cos, labels)
@@ -92,13 +91,11 @@ def calibrate(library, dataset, spec: str, target=None, negatives: int = 10, tem
               "after": {"ece": expected_calibration_error(after, labels), "brier": brier(after, labels)}}
     if row.family == "siglip":
         report["note"] = "SigLIP uses its own logit scale and bias; the fit is reported, not applied"
+    fitted = {"calib_report": json.dumps(report)}
+    if row.family != "siglip":
+        fitted.update(calib_a=a, calib_b=b)
     for lib in {id(library): library, id(target): target}.values():
-        if lib is None:
-            continue
-        model = lib.catalog.register_model(emb, spec)
-        with lib.catalog.Session.begin() as s:
-            stored = s.get(ModelRow, model.id)
-            if row.family != "siglip":
-                stored.calib_a, stored.calib_b = a, b
-            stored.calib_report = json.dumps(report)
+        if lib is not None:
+            model = lib.find_model(spec) or lib.register(spec, library.embedder(spec), indexed=False)
+            lib.catalog.update_model(model.id, **fitted)
     return report

@@ -1,45 +1,48 @@
-"""The SQLite catalog (SQLAlchemy 2.0 ORM, WAL mode): images, models, embeddings, runs.
+"""The SQLite catalog (SQLAlchemy 2.0, WAL mode): roots, images, models, the vector mapping, runs.
 
-Embeddings (raw float32 vectors, one row per model and image) live in the catalog, so one SQLite
-transaction commits an image and its vectors together: a crash loses at most the batch in flight,
-and the FAISS index is a derived, rebuildable view of them. Row ids are AUTOINCREMENT, never reused,
-so an id left behind in a FAISS index can never point at another image.
+The catalog is the truth for *which* images exist and which store row holds each image's vector
+under each model; the vectors themselves live in the vector store (``searchlite.store``), and the
+FAISS segments are derived from both. Deleting a mapping row leaves a durable tombstone (an SQL
+trigger), so an index segment that still holds that row filters it until compaction removes it.
+Image ids and store rows are never reused, so an id left behind anywhere can never point at
+another image. The catalog knows nothing of models beyond the fields it stores.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 from sqlalchemy import (
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
-    Index,
     Integer,
     LargeBinary,
     String,
     Text,
-    UniqueConstraint,
     create_engine,
-    delete,
     event,
     func,
     select,
-    text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from searchlite import migrations
 from searchlite.errors import LibraryError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = len(migrations.STEPS)
 CATALOG_FILE = "catalog.sqlite"
 
 
@@ -58,42 +61,45 @@ class Meta(Base):
 
 
 class Root(Base):
-    """A folder the user asked to index; image paths are stored relative to it."""
+    """A folder (or URI prefix) holding images; image paths are stored relative to it."""
 
     __tablename__ = "roots"
-    __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     path: Mapped[str] = mapped_column(String, unique=True)
     added_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class ImageRow(Base):
-    """One image file. A file whose content changes gets a new row (and id)."""
+    """One image file. Its id survives moves and content changes (its vectors are replaced)."""
 
     __tablename__ = "images"
-    __table_args__ = (UniqueConstraint("root_id", "relpath"), {"sqlite_autoincrement": True})
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"), index=True)
+    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"))
     relpath: Mapped[str] = mapped_column(String)
     size: Mapped[int] = mapped_column(Integer)
     mtime_ns: Mapped[int] = mapped_column(Integer)
-    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    sha256: Mapped[str | None] = mapped_column(String(64))
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     format: Mapped[str | None] = mapped_column(String(16))
-    taken_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime)  # wall-clock capture time
+    taken_source: Mapped[str | None] = mapped_column(String(16))  # exif | exif-digitized | exif-datetime | raw | mtime
+    taken_offset: Mapped[int | None] = mapped_column(Integer)  # minutes east of UTC, when the file says
     camera: Mapped[str | None] = mapped_column(String)
-    status: Mapped[str] = mapped_column(String(8), default="pending", index=True)  # pending | ok | error
+    companion: Mapped[str | None] = mapped_column(String)  # relpath of a RAW file paired with this JPEG
+    status: Mapped[str] = mapped_column(String(8), default="pending")  # pending | ok | error
     error: Mapped[str | None] = mapped_column(Text)
-    seen_run: Mapped[int] = mapped_column(Integer, default=0)
     indexed_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class ModelRow(Base):
-    """A model that has vectors in this library, with its score parameters and index settings."""
+    """A model known to this library: score parameters, calibration, index settings, store size.
+
+    ``indexed`` is set only by ``index --model`` / ``import --model``: a model whose vectors were
+    merely cached for re-scoring is not searchable and never changes what ``index`` does.
+    """
 
     __tablename__ = "models"
-    __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[str] = mapped_column(String, unique=True)
     spec: Mapped[str] = mapped_column(String)
@@ -102,60 +108,95 @@ class ModelRow(Base):
     scale: Mapped[float] = mapped_column(Float)
     bias: Mapped[float] = mapped_column(Float, default=0.0)
     template: Mapped[str] = mapped_column(String)
-    index_type: Mapped[str] = mapped_column(String(16), default="auto")  # requested: auto|flat|hnsw|ivf|ivfpq
-    index_factory: Mapped[str | None] = mapped_column(String)  # what was built
-    index_file: Mapped[str | None] = mapped_column(String)
-    index_seq: Mapped[int] = mapped_column(Integer, default=0)  # highest embedding seq in index_file
-    index_stale: Mapped[int] = mapped_column(Integer, default=0)  # deleted ids still inside index_file
+    index_type: Mapped[str] = mapped_column(String(16), default="auto")  # auto|flat|hnsw|ivf|ivfpq
     calib_a: Mapped[float | None] = mapped_column(Float)
     calib_b: Mapped[float | None] = mapped_column(Float)
     calib_report: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    indexed: Mapped[bool] = mapped_column(Boolean, default=True)
+    store_rows: Mapped[int] = mapped_column(Integer, default=0)  # committed rows of the vector store
 
 
-class Embedding(Base):
-    """A float32 vector of one image under one model. ``seq`` grows monotonically."""
+class VectorRow(Base):
+    """Which store row holds an image's vector under a model."""
 
-    __tablename__ = "embeddings"
-    __table_args__ = (UniqueConstraint("model_ref", "image_id"), Index("ix_embeddings_model_seq", "model_ref", "seq"),
-                      {"sqlite_autoincrement": True})
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    __tablename__ = "vectors"
+    model_ref: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    store_row: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+
+
+class Tombstone(Base):
+    """A store row whose mapping was deleted (filled by a trigger on ``vectors``)."""
+
+    __tablename__ = "tombstones"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_ref: Mapped[int] = mapped_column(Integer)
+    store_row: Mapped[int] = mapped_column(Integer)
+
+
+class SegmentRow(Base):
+    """One immutable FAISS file covering store rows [row_lo, row_hi) of a model."""
+
+    __tablename__ = "index_segments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_ref: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String)
+    kind: Mapped[str] = mapped_column(String(8))
+    factory: Mapped[str] = mapped_column(String)
+    row_lo: Mapped[int] = mapped_column(Integer)
+    row_hi: Mapped[int] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(Integer)
+    trained_count: Mapped[int] = mapped_column(Integer)  # vectors the quantizer was trained for
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class QueryCacheRow(Base):
+    __tablename__ = "query_cache"
+    model_ref: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String, primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+    used_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class RunRow(Base):
     __tablename__ = "runs"
-    __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     stats: Mapped[str | None] = mapped_column(Text)
 
 
-def _migrate_v0_to_v1(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent view of one model's vectors for a reader: committed store rows, the index
+    segments over them, and the tombstoned rows (sorted)."""
+
+    store_rows: int
+    segments: tuple[SegmentRow, ...]
+    tombstones: np.ndarray
+    live: int
 
 
-def _migrate_v1_to_v2(engine: Engine) -> None:
-    # readers check max(seq) per model on every query: O(log n) with this index, a scan without
-    with engine.begin() as conn:
-        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_embeddings_model_seq ON embeddings (model_ref, seq)"))
+def _busy_timeout_ms() -> int:
+    return int(os.environ.get("SEARCHLITE_BUSY_TIMEOUT_MS", "30000"))
 
 
-#: Explicit, ordered schema migrations: MIGRATIONS[v] upgrades a version-v catalog to v+1.
-#: A release that changes the schema appends a step here; nothing ever drops user data.
-MIGRATIONS = [_migrate_v0_to_v1, _migrate_v1_to_v2]
-
-
-def _set_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # transactions are begun explicitly (see _on_begin)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA temp_store=MEMORY")  # the indexer's scan table never touches the disk
+    cur.execute(f"PRAGMA busy_timeout={_busy_timeout_ms()}")
     cur.close()
+
+
+def _on_begin(conn: Any) -> None:
+    # Reads get one snapshot for the whole transaction; writers take the write lock up front
+    # (BEGIN IMMEDIATE), so they wait on busy_timeout instead of failing on a stale snapshot.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
 
 class Catalog:
@@ -164,38 +205,44 @@ class Catalog:
     def __init__(self, folder: Path, create: bool = True) -> None:
         self.folder = Path(folder)
         path = self.folder / CATALOG_FILE
-        if not path.exists() and not create:
-            raise LibraryError(f"no searchlite library at {self.folder} (run `searchlite index` first)")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(f"sqlite:///{path}", future=True)
-        event.listen(self.engine, "connect", _set_pragmas)
+        if not path.exists():
+            if not create:
+                raise LibraryError(f"no searchlite library at {self.folder} (run `searchlite index` first)")
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise LibraryError(f"cannot create the library folder {self.folder}: {exc.strerror or exc}") from exc
+        # URL.create keeps '?' and '#' in the path literal (a URL string would cut it there)
+        self.engine: Engine = create_engine(URL.create("sqlite", database=str(path)))
+        event.listen(self.engine, "connect", _on_connect)
+        event.listen(self.engine, "begin", _on_begin)
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
+        self.WriteSession = sessionmaker(self.engine.execution_options(write=True), expire_on_commit=False)
         self._upgrade()
 
     def _upgrade(self) -> None:
-        with self.engine.begin() as conn:
-            has_meta = conn.execute(text("SELECT name FROM sqlite_master WHERE name='meta'")).first()
-            version = 0
-            if has_meta:
-                row = conn.execute(text("SELECT value FROM meta WHERE key='schema_version'")).first()
-                version = int(row[0]) if row else 0
+        with self.engine.connect() as conn:
+            version = migrations.current_version(conn)
+            conn.rollback()
         if version > SCHEMA_VERSION:
-            raise LibraryError(
-                f"this library was written by a newer searchlite (schema {version} > {SCHEMA_VERSION}); upgrade searchlite"
-            )
-        for step in range(version, SCHEMA_VERSION):
-            log.info("migrating catalog schema %d -> %d", step, step + 1)
-            MIGRATIONS[step](self.engine)
-            with self.Session.begin() as s:
-                s.merge(Meta(key="schema_version", value=str(step + 1)))
+            raise LibraryError(f"this library was written by a newer searchlite (schema {version} > "
+                               f"{SCHEMA_VERSION}); upgrade searchlite")
+        if version == SCHEMA_VERSION:
+            return
+        with self.engine.execution_options(write=True).begin() as conn:
+            version = migrations.current_version(conn)  # another process may have upgraded meanwhile
+            for step in range(version, SCHEMA_VERSION):
+                log.info("migrating catalog schema %d -> %d", step, step + 1)
+                migrations.STEPS[step](conn)
+                migrations.set_version(conn, step + 1)
 
     @property
     def schema_version(self) -> int:
-        with self.Session() as s:
-            return int(s.get(Meta, "schema_version").value)
+        with self.engine.connect() as conn:
+            return migrations.current_version(conn)
 
-    # -- roots & models ----------------------------------------------------------------------
-    def root_id(self, s: Session, path: Path) -> int:
+    # -- roots -------------------------------------------------------------------------------
+    def root_id(self, s: Session, path: str | Path) -> int:
         key = str(path)
         row = s.scalar(select(Root).where(Root.path == key))
         if row is None:
@@ -208,114 +255,171 @@ class Catalog:
         with self.Session() as s:
             return {r.id: r.path for r in s.scalars(select(Root))}
 
-    def model_row(self, s: Session, model_id: str) -> ModelRow | None:
-        return s.scalar(select(ModelRow).where(ModelRow.model_id == model_id))
-
-    def models(self) -> list[ModelRow]:
+    def locate(self, path: str) -> tuple[int, str] | None:
+        """(root id, relpath) of a path inside a known root, looked up by each parent (O(depth))."""
+        pure = PurePosixPath(path) if "://" not in path else None
         with self.Session() as s:
-            return list(s.scalars(select(ModelRow).order_by(ModelRow.id)))
-
-    def register_model(self, embedder: Any, spec: str, index_type: str | None = None) -> ModelRow:
-        """Create the model's row on first use (or update its index type when asked)."""
-        from searchlite.models.registry import parse_spec
-
-        spec = parse_spec(spec).canonical
-        with self.Session.begin() as s:
-            row = self.model_row(s, embedder.model_id)
-            if row is None:
-                row = ModelRow(model_id=embedder.model_id, spec=spec, dim=embedder.dim, family=embedder.family,
-                               scale=embedder.score.scale, bias=embedder.score.bias, template=embedder.template,
-                               index_type=index_type or "auto")
-                s.add(row)
-            elif index_type and index_type != row.index_type:
-                row.index_type = index_type
-            s.flush()
-            s.expunge(row)
-            return row
-
-    # -- embeddings ----------------------------------------------------------------------------
-    def iter_vectors(self, model_ref: int, after_seq: int = 0, chunk: int = 20000,
-                     ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-        """Yield (ids, vectors, last_seq) chunks of a model's embeddings with seq > after_seq."""
-        while True:
-            with self.engine.connect() as conn:
-                rows = conn.execute(
-                    select(Embedding.seq, Embedding.image_id, Embedding.vector)
-                    .where(Embedding.model_ref == model_ref, Embedding.seq > after_seq)
-                    .order_by(Embedding.seq).limit(chunk)
-                ).all()
-            if not rows:
-                return
-            ids = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-            vecs = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-            after_seq = rows[-1][0]
-            yield ids, vecs, after_seq
-
-    def vectors_for(self, model_ref: int, image_ids: Iterable[int]) -> dict[int, np.ndarray]:
-        """Stored vectors of some images under one model (joined in id batches)."""
-        ids = list(image_ids)
-        out: dict[int, np.ndarray] = {}
-        with self.engine.connect() as conn:
-            for start in range(0, len(ids), 900):
-                for image_id, blob in conn.execute(
-                    select(Embedding.image_id, Embedding.vector).where(
-                        Embedding.model_ref == model_ref, Embedding.image_id.in_(ids[start : start + 900]))
-                ):
-                    out[image_id] = np.frombuffer(blob, dtype=np.float32)
-        return out
-
-    def max_seq(self, model_ref: int) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.scalar(select(func.coalesce(func.max(Embedding.seq), 0))
-                                   .where(Embedding.model_ref == model_ref)))
-
-    def count_vectors(self, model_ref: int) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.scalar(select(func.count()).select_from(Embedding).where(Embedding.model_ref == model_ref)))
-
-    def rows_with_vectors(self, model_ref: int, ids: Iterable[int]) -> dict[int, Any]:
-        """Catalog rows (light Core rows, attribute access) of the ids that have a vector under the
-        model: the join that turns FAISS ids into results and drops stale ones."""
-        ids = [int(i) for i in ids if i >= 0]
-        cols = [ImageRow.id, ImageRow.root_id, ImageRow.relpath, ImageRow.status, ImageRow.width, ImageRow.height,
-                ImageRow.format, ImageRow.taken_at, ImageRow.mtime_ns]
-        out: dict[int, Any] = {}
-        with self.engine.connect() as conn:
-            for start in range(0, len(ids), 900):
-                chunk = ids[start : start + 900]
-                for row in conn.execute(select(*cols).join(Embedding, Embedding.image_id == ImageRow.id).where(
-                        Embedding.model_ref == model_ref, ImageRow.id.in_(chunk))):
-                    out[row.id] = row
-        return out
-
-    def find_image(self, path: Path) -> ImageRow | None:
-        """The catalog row of a file on disk, if it is inside an indexed root."""
-        path = path.resolve()
-        for root_id, root in self.roots().items():
-            try:
-                rel = path.relative_to(root)
-            except ValueError:
-                continue
-            with self.Session() as s:
-                row = s.scalar(select(ImageRow).where(ImageRow.root_id == root_id, ImageRow.relpath == rel.as_posix()))
-                if row is not None:
-                    return row
+            if pure is not None:
+                for parent in pure.parents:
+                    root = s.scalar(select(Root.id).where(Root.path == str(parent)))
+                    if root is not None:
+                        return root, pure.relative_to(parent).as_posix()
+                return None
+            for root_id, root_path in s.execute(select(Root.id, Root.path).where(Root.path.like("%://%"))):
+                if path.startswith(root_path.rstrip("/") + "/"):
+                    return root_id, path[len(root_path.rstrip("/")) + 1:]
         return None
 
-    def delete_images(self, s: Session, ids: list[int]) -> None:
-        for start in range(0, len(ids), 900):
-            s.execute(delete(ImageRow).where(ImageRow.id.in_(ids[start : start + 900])))
+    def find_image(self, path: str | Path) -> ImageRow | None:
+        """The catalog row of a file, if it is inside a known root."""
+        key = str(Path(path).resolve()) if "://" not in str(path) else str(path)
+        found = self.locate(key)
+        if found is None:
+            return None
+        with self.Session() as s:
+            return s.scalar(select(ImageRow).where(ImageRow.root_id == found[0], ImageRow.relpath == found[1]))
+
+    def image(self, image_id: int) -> tuple[ImageRow, str] | None:
+        """An image row and its absolute path (or URI)."""
+        with self.Session() as s:
+            row = s.get(ImageRow, image_id)
+            if row is None:
+                return None
+            root = s.get(Root, row.root_id)
+            return row, join_path(root.path, row.relpath)
+
+    # -- models --------------------------------------------------------------------------------
+    def models(self, indexed_only: bool = False) -> list[ModelRow]:
+        with self.Session() as s:
+            query = select(ModelRow).order_by(ModelRow.id)
+            if indexed_only:
+                query = query.where(ModelRow.indexed.is_(True))
+            return list(s.scalars(query))
+
+    def model_by_id(self, model_id: str) -> ModelRow | None:
+        with self.Session() as s:
+            return s.scalar(select(ModelRow).where(ModelRow.model_id == model_id))
+
+    def add_model(self, **fields: Any) -> ModelRow:
+        """Insert a model row (or return the existing one with that model_id)."""
+        with self.WriteSession.begin() as s:
+            row = s.scalar(select(ModelRow).where(ModelRow.model_id == fields["model_id"]))
+            if row is None:
+                row = ModelRow(**fields)
+                s.add(row)
+                s.flush()
+            return row
+
+    def update_model(self, model_ref: int, **fields: Any) -> ModelRow:
+        with self.WriteSession.begin() as s:
+            row = s.get(ModelRow, model_ref)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            s.flush()
+            return row
+
+    def model(self, model_ref: int) -> ModelRow:
+        with self.Session() as s:
+            return s.get(ModelRow, model_ref)
+
+    # -- vectors mapping --------------------------------------------------------------------------
+    def rows_of(self, model_ref: int, image_ids: Iterable[int]) -> dict[int, int]:
+        """image id -> store row for the images that have a vector under the model."""
+        ids = [int(i) for i in image_ids]
+        out: dict[int, int] = {}
+        with self.Session() as s:
+            for start in range(0, len(ids), 900):
+                out.update(s.execute(select(VectorRow.image_id, VectorRow.store_row).where(
+                    VectorRow.model_ref == model_ref, VectorRow.image_id.in_(ids[start:start + 900]))).tuples().all())
+        return out
+
+    def live_rows(self, model_ref: int, lo: int = 0, hi: int | None = None, chunk: int = 1 << 20) -> Iterator[np.ndarray]:
+        """Sorted store rows in [lo, hi) that still hold a live vector, in chunks."""
+        while True:
+            with self.Session() as s:
+                query = select(VectorRow.store_row).where(VectorRow.model_ref == model_ref, VectorRow.store_row >= lo)
+                if hi is not None:
+                    query = query.where(VectorRow.store_row < hi)
+                rows = np.fromiter(s.scalars(query.order_by(VectorRow.store_row).limit(chunk)), dtype=np.int64)
+            if not len(rows):
+                return
+            yield rows
+            lo = int(rows[-1]) + 1
+
+    def count_vectors(self, model_ref: int) -> int:
+        with self.Session() as s:
+            return int(s.scalar(select(func.count()).select_from(VectorRow).where(VectorRow.model_ref == model_ref)))
+
+    def count_vectors_between(self, model_ref: int, lo: int, hi: int) -> int:
+        with self.Session() as s:
+            return int(s.scalar(select(func.count()).select_from(VectorRow).where(
+                VectorRow.model_ref == model_ref, VectorRow.store_row >= lo, VectorRow.store_row < hi)))
+
+    def snapshot(self, model_ref: int) -> Snapshot:
+        """Store size, segments and tombstones of a model, read in one transaction."""
+        with self.Session() as s:
+            model = s.get(ModelRow, model_ref)
+            segments = tuple(s.scalars(select(SegmentRow).where(SegmentRow.model_ref == model_ref)
+                                       .order_by(SegmentRow.row_lo)))
+            dead = np.fromiter(s.scalars(select(Tombstone.store_row).where(Tombstone.model_ref == model_ref)
+                                         .order_by(Tombstone.store_row)), dtype=np.int64)
+            live = int(s.scalar(select(func.count()).select_from(VectorRow).where(VectorRow.model_ref == model_ref)))
+            for seg in segments:
+                s.expunge(seg)
+            return Snapshot(model.store_rows, segments, dead, live)
+
+    def version(self, model_ref: int) -> tuple:
+        """A cheap fingerprint of everything a snapshot depends on (store size, segments, tombstones)."""
+        with self.Session() as s:
+            return tuple(s.execute(select(
+                select(ModelRow.store_rows).where(ModelRow.id == model_ref).scalar_subquery(),
+                select(func.max(SegmentRow.id)).where(SegmentRow.model_ref == model_ref).scalar_subquery(),
+                select(func.count(), ).select_from(Tombstone).where(Tombstone.model_ref == model_ref).scalar_subquery(),
+                select(func.max(Tombstone.id)).where(Tombstone.model_ref == model_ref).scalar_subquery(),
+            )).one())
+
+    def results_for_rows(self, model_ref: int, rows: Iterable[int]) -> dict[int, Any]:
+        """store row -> light image row (with ``root_path``) for rows that still map to an image."""
+        rows = [int(r) for r in rows if r >= 0]
+        cols = [VectorRow.store_row, ImageRow.id, ImageRow.relpath, ImageRow.width, ImageRow.height,
+                ImageRow.format, ImageRow.taken_at, ImageRow.taken_offset, ImageRow.taken_source, ImageRow.size,
+                ImageRow.companion, Root.path.label("root_path")]
+        out: dict[int, Any] = {}
+        with self.Session() as s:
+            for start in range(0, len(rows), 900):
+                query = (select(*cols).join(ImageRow, ImageRow.id == VectorRow.image_id)
+                         .join(Root, Root.id == ImageRow.root_id)
+                         .where(VectorRow.model_ref == model_ref, VectorRow.store_row.in_(rows[start:start + 900])))
+                for row in s.execute(query):
+                    out[row.store_row] = row
+        return out
 
     def counts(self) -> dict[str, Any]:
-        with self.engine.connect() as conn:
-            by_status = dict(conn.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all())
-            per_model = dict(conn.execute(
-                select(ModelRow.model_id, func.count(Embedding.seq))
-                .join(Embedding, Embedding.model_ref == ModelRow.id, isouter=True).group_by(ModelRow.id)).all())
+        with self.Session() as s:
+            by_status = dict(s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).tuples().all())
+            per_model = dict(s.execute(
+                select(ModelRow.model_id, func.count(VectorRow.store_row))
+                .join(VectorRow, VectorRow.model_ref == ModelRow.id, isouter=True).group_by(ModelRow.id)).tuples().all())
         return {"images": by_status, "vectors": per_model}
 
     def errors(self) -> list[tuple[str, str]]:
-        roots = self.roots()
         with self.Session() as s:
-            rows = s.scalars(select(ImageRow).where(ImageRow.status == "error").order_by(ImageRow.id))
-            return [(str(Path(roots[r.root_id]) / r.relpath), r.error or "") for r in rows]
+            rows = s.execute(select(Root.path, ImageRow.relpath, ImageRow.error).join(Root, Root.id == ImageRow.root_id)
+                             .where(ImageRow.status == "error").order_by(ImageRow.id))
+            return [(join_path(root, rel), err or "") for root, rel, err in rows]
+
+    def has_legacy_vectors(self) -> bool:
+        """Whether a pre-v3 ``embeddings`` table with vectors still waits to be moved to the store."""
+        with self.engine.connect() as conn:
+            found = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE name = 'embeddings'").first()
+            conn.rollback()
+        return found is not None
+
+
+def join_path(root: str, relpath: str) -> str:
+    """A root and a relpath as one absolute path or URI."""
+    return f"{root.rstrip('/')}/{relpath}"
+
+
+def is_locked_error(exc: BaseException) -> bool:
+    return isinstance(exc, OperationalError) and "locked" in str(exc).lower()

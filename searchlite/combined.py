@@ -32,8 +32,9 @@ class Term:
     value: str
 
 
-def parse_query(query: str) -> list[Term]:
-    """Split a query into signed, weighted text and image terms."""
+def parse_query(query: str, base: str | Path | None = None) -> list[Term]:
+    """Split a query into signed, weighted text and image terms; relative image paths are
+    resolved against ``base`` (default: the working directory)."""
     parts = _SPLIT.split(f" {query.strip()} ".strip())
     if not parts or not parts[0].strip():
         raise QueryError("empty query")
@@ -48,10 +49,13 @@ def parse_query(query: str) -> list[Term]:
         if m:
             weight, raw = float(m.group(1)), m.group(2).strip()
         path = Path(raw).expanduser()
+        if base is not None and not path.is_absolute():
+            path = Path(base) / path
         is_image = path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
         if path.suffix.lower() in IMAGE_EXTENSIONS and not is_image and raw.startswith((".", "/", "~")):
             raise QueryError(f"image term not found: {raw}")
-        terms.append(Term(weight if sign == "+" else -weight, "image" if is_image else "text", raw))
+        terms.append(Term(weight if sign == "+" else -weight, "image" if is_image else "text",
+                          str(path) if is_image else raw))
     return terms
 
 

@@ -17,3 +17,13 @@ def default_library() -> Path:
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("searchlite", appauthor=False))
+
+
+def cache_dir() -> Path:
+    """$SEARCHLITE_CACHE, else the platform's user cache dir: bench libraries and the demo."""
+    env = os.environ.get("SEARCHLITE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("searchlite", appauthor=False))

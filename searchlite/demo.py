@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from searchlite.errors import SearchliteError
-from searchlite.models.registry import demo_model_dir
+from searchlite.sample_data import generate
 
 DEMO_SEED = 20261122  # not used in training (train uses seed 0)
-
-
-def _generator():
-    path = demo_model_dir().parent / "generate.py"
-    if not path.is_file():
-        raise SearchliteError(f"sample_data/generate.py not found next to the demo model ({path.parent})")
-    name = "searchlite_sample_generate"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_demo(workdir: Path, count: int = 300, seed: int = DEMO_SEED, device: str = "auto",
@@ -39,7 +22,7 @@ def run_demo(workdir: Path, count: int = 300, seed: int = DEMO_SEED, device: str
     images = workdir / f"images-{seed}-{count}"
     if not (images / "captions.jsonl").is_file():
         say(f"generating {count} sample images in {images}")
-        _generator().generate(images, count, seed, "test")
+        generate.generate(images, count, seed, "test")
     lib = Library(workdir / "library", device=device)
     stats = lib.index([images], ["demo"], progress=progress)
     if before_queries:

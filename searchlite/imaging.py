@@ -9,8 +9,10 @@ changes the model input slightly (the benchmark reports cosine >= 0.99 to the fu
 from __future__ import annotations
 
 import io
+import threading
+import warnings
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +26,21 @@ IMAGE_EXTENSIONS = frozenset(
      ".pbm", ".pnm", ".tga", ".ico", ".dib", ".pcx", ".sgi", ".jp2", ".j2k", ".heic", ".heif", ".avif"}
 )
 
-#: Refuse images above this many pixels (decompression bombs); a 48 MP photo is well below.
+#: searchlite's one pixel limit (decompression bombs): images above it are refused with a reason.
+#: 256 MP admits stitched panoramas and 200 MP phone sensors; Pillow's own, lower limit (179 MP)
+#: is lifted for the header read, so this is the limit that applies.
 MAX_PIXELS = 256_000_000
 
 _EXIF_IFD = 0x8769
-_DATETIME_ORIGINAL = 36867
-_DATETIME = 306
+_ORIENTATION = 0x0112
+#: (date tag, offset tag, ifd) in order of preference, and the source name recorded for each
+_DATE_TAGS = (
+    (0x9003, 0x9011, _EXIF_IFD, "exif"),  # DateTimeOriginal + OffsetTimeOriginal
+    (0x9004, 0x9012, _EXIF_IFD, "exif-digitized"),  # DateTimeDigitized + OffsetTimeDigitized
+    (0x0132, 0x9010, None, "exif-datetime"),  # DateTime (IFD0) + OffsetTime
+)
 _MAKE, _MODEL = 271, 272
+_PIL_LIMIT = threading.Lock()
 
 
 @dataclass
@@ -41,8 +51,52 @@ class LoadedImage:
     width: int  # original width after EXIF rotation, before any draft reduction
     height: int
     format: str
-    taken_at: datetime | None
+    taken_at: datetime | None  # wall-clock capture time, as the camera recorded it
     camera: str | None
+    taken_source: str | None = None  # exif | exif-digitized | exif-datetime | raw | mtime
+    taken_offset: int | None = None  # minutes east of UTC, when the file records it
+
+    def metadata(self) -> dict:
+        """The catalog fields of this image."""
+        return dict(width=self.width, height=self.height, format=self.format, taken_at=self.taken_at,
+                    taken_source=self.taken_source, taken_offset=self.taken_offset, camera=self.camera)
+
+
+def local_time_of(mtime_ns: int) -> datetime:
+    """A file's modification time as local wall-clock time (the fallback capture date)."""
+    return datetime.fromtimestamp(mtime_ns / 1e9)
+
+
+def format_taken(taken_at: datetime | None, offset_minutes: int | None) -> str | None:
+    """ISO 8601, with the UTC offset when the file recorded one."""
+    if taken_at is None:
+        return None
+    if offset_minutes is None:
+        return taken_at.isoformat()
+    return taken_at.replace(tzinfo=timezone(timedelta(minutes=offset_minutes))).isoformat()
+
+
+def parse_offset(raw: object) -> int | None:
+    """'+02:00' / '-05:30' (EXIF OffsetTime*) -> minutes east of UTC."""
+    if not isinstance(raw, str):
+        return None
+    text = raw.strip("\x00 ")
+    if len(text) != 6 or text[0] not in "+-" or text[3] != ":":
+        return None
+    try:
+        minutes = int(text[1:3]) * 60 + int(text[4:6])
+    except ValueError:
+        return None
+    return minutes if text[0] == "+" else -minutes
+
+
+def parse_exif_date(raw: object) -> datetime | None:
+    if not isinstance(raw, str):
+        return None
+    try:
+        return datetime.strptime(raw.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -66,44 +120,62 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _exif_meta(image: Image.Image) -> tuple[datetime | None, str | None]:
+def exif_meta(exif: Image.Exif) -> tuple[datetime | None, int | None, str | None, str | None]:
+    """(taken_at, offset minutes, source, camera) from EXIF: DateTimeOriginal with
+    OffsetTimeOriginal when present, else the digitized date, else IFD0 DateTime."""
+    taken, offset, source = None, None, None
     try:
-        exif = image.getexif()
+        exif_ifd = exif.get_ifd(_EXIF_IFD)
     except Exception:  # noqa: BLE001 - corrupt EXIF must not fail the image
-        return None, None
-    raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
-    taken = None
-    if isinstance(raw, str):
-        try:
-            taken = datetime.strptime(raw.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
-        except ValueError:
-            taken = None
+        exif_ifd = {}
+    for date_tag, offset_tag, ifd, name in _DATE_TAGS:
+        where = exif_ifd if ifd else exif
+        taken = parse_exif_date(where.get(date_tag))
+        if taken is not None:
+            offset, source = parse_offset(exif_ifd.get(offset_tag)), name
+            break
     make, model = exif.get(_MAKE), exif.get(_MODEL)
     parts = [str(p).strip("\x00 ") for p in (make, model) if p]
     if len(parts) == 2 and parts[1].startswith(parts[0]):
         parts = parts[1:]
-    return taken, (" ".join(parts) or None)
+    return taken, offset, source, (" ".join(parts) or None)
+
+
+def _open(fp) -> Image.Image:
+    """Image.open with Pillow's own bomb limit lifted for the header read: searchlite applies
+    MAX_PIXELS itself right after, so one limit (ours) decides, with a reason in the error."""
+    with _PIL_LIMIT, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(fp)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def load_image(source: str | Path | bytes, target_size: tuple[int, int] | None = None,
-               draft: bool = True, max_pixels: int = MAX_PIXELS) -> LoadedImage:
-    """Decode one image to RGB, EXIF-rotated, optionally draft-decoded near ``target_size``.
+               draft: bool = True, max_pixels: int = MAX_PIXELS, mtime_ns: int | None = None) -> LoadedImage:
+    """Decode one image to RGB, EXIF-rotated, optionally draft-decoded near ``target_size``;
+    an animated image gives its first frame. ``mtime_ns`` is the capture-date fallback.
 
     Raises :class:`ImageDecodeError` with a one-line reason for anything that is not a readable image.
     """
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
-        with Image.open(fp) as img:
+        with _open(fp) as img:
             fmt = img.format or "?"
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageDecodeError(f"image too large: {width}x{height} exceeds {max_pixels} pixels")
-            taken, camera = _exif_meta(img)
+                raise ImageDecodeError(f"image too large: {width}x{height} is over searchlite's limit of "
+                                       f"{max_pixels:,} pixels (decompression bomb guard)")
+            exif = img.getexif()
+            taken, offset, source_name, camera = exif_meta(exif)
             if draft and target_size and fmt == "JPEG":
                 side = max(target_size)
                 img.draft("RGB", (side, side))
             img.load()
-            orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+            orientation = exif.get(_ORIENTATION, 1)
             oriented = ImageOps.exif_transpose(img)
             if orientation in (5, 6, 7, 8):
                 width, height = height, width
@@ -121,4 +193,6 @@ def load_image(source: str | Path | bytes, target_size: tuple[int, int] | None =
         raise ImageDecodeError("not an image (unrecognised format)") from exc
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
         raise ImageDecodeError(f"cannot decode: {exc}") from exc
-    return LoadedImage(rgb, width, height, fmt, taken, camera)
+    if taken is None and mtime_ns:
+        taken, source_name = local_time_of(mtime_ns), "mtime"
+    return LoadedImage(rgb, width, height, fmt, taken, camera, source_name, offset)

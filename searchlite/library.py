@@ -1,6 +1,9 @@
-"""The Python API: ``Library(path).index(...)``, ``.search(...)``, ``.similar(...)``.
+"""The Python API and the one road every front end takes (CLI, ``serve``, HTTP):
+``Library(path).index(...)``, ``.search(...)``, ``.similar(...)``, ``.rerank(...)``, ``.compare(...)``.
 
-The CLI is a thin layer over this class.
+Read methods never change what a library is: they may fill caches (re-scoring vectors of a
+model that has not indexed the library, recent query embeddings) and record a moved model's
+new location, nothing else.
 """
 
 from __future__ import annotations
@@ -8,19 +11,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from sqlalchemy import insert
 
-from searchlite.catalog import Catalog, ModelRow
+from searchlite.catalog import Catalog, ModelRow, VectorRow
 from searchlite.combined import combine, ensemble_text_vector, parse_query
 from searchlite.config import DEFAULT_MODEL, default_library
-from searchlite.errors import QueryError
-from searchlite.index_store import IndexStore
+from searchlite.errors import ModelLoadError, QueryError
 from searchlite.indexer import Indexer, IndexStats
+from searchlite.locking import library_lock, try_library_lock
 from searchlite.models.base import Embedder
-from searchlite.models.registry import load_embedder, parse_spec
-from searchlite.query import Filters, SearchResult, search_vectors
-from searchlite.vectors import VectorIndex
+from searchlite.models.registry import load_embedder, parse_spec, same_model, stored_spec_missing
+from searchlite.query import Filters, SearchResult, check_template, search_vectors
+from searchlite.store import ModelIndex, VectorWriter
+from searchlite.store.builder import SegmentBuilder
+from searchlite.vectors import INDEX_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -28,96 +35,178 @@ __all__ = ["Library", "SearchResult", "Filters"]
 
 
 class Library:
-    """A searchlite library folder: catalog.sqlite + per-model vectors and FAISS indexes."""
+    """A searchlite library folder: catalog.sqlite + per-model vector files and FAISS segments."""
 
     def __init__(self, path: str | Path | None = None, *, device: str = "auto", batch_size: int = 32,
                  create: bool = True) -> None:
-        self.path = Path(path).expanduser() if path else default_library()
+        self.path = (Path(path).expanduser() if path else default_library()).absolute()
         self.device = device
         self.batch_size = batch_size
         self.catalog = Catalog(self.path, create=create)
-        self._indexes: dict[int, tuple[VectorIndex, int]] = {}
+        self._indexes: dict[int, ModelIndex] = {}
+        self._embedders: dict[int, Embedder] = {}
+        if self.catalog.has_legacy_vectors():
+            from searchlite.store.migrate import move_legacy_vectors
 
-    # -- models ------------------------------------------------------------------------------
+            move_legacy_vectors(self.catalog)
+
+    # -- models ------------------------------------------------------------------------------------
     def embedder(self, spec: str) -> Embedder:
         return load_embedder(spec, device=self.device, batch_size=self.batch_size)
 
+    def embedder_for(self, row: ModelRow) -> Embedder:
+        """The model of a catalog row (loaded once per process), with a clear error when its
+        stored folder has moved."""
+        emb = self._embedders.get(row.id)
+        if emb is None:
+            gone = stored_spec_missing(row.spec)
+            if gone is not None:
+                raise ModelLoadError(f"the model this library was indexed with is no longer at {gone} (moved or "
+                                     f"deleted?); pass --model with its new location, e.g. --model hf:/new/path")
+            emb = self._embedders[row.id] = self.embedder(row.spec)
+        return emb
+
+    def find_model(self, spec: str) -> ModelRow | None:
+        """The catalog row of a spec's model, matched by weights for local folders; a moved folder's
+        new location is recorded so later commands find it without --model."""
+        parsed = parse_spec(spec)
+        for row in self.catalog.models():
+            if same_model(row.model_id, parsed.model_id):
+                if row.spec != parsed.canonical and stored_spec_missing(row.spec) is not None:
+                    row = self.catalog.update_model(row.id, spec=parsed.canonical)
+                return row
+        return None
+
     def model_row(self, spec: str | None = None) -> ModelRow:
-        """The catalog row of a model (default: the first model this library was indexed with)."""
-        models = self.catalog.models()
-        if not models:
+        """The row of a model that has indexed this library (default: the first one)."""
+        indexed = self.catalog.models(indexed_only=True)
+        if not indexed:
             raise QueryError(f"library {self.path} has no indexed images yet (run `searchlite index PATH`)")
         if spec is None:
-            return models[0]
-        model_id = parse_spec(spec).model_id
-        for m in models:
-            if m.model_id == model_id or m.spec == spec:
-                return m
-        known = ", ".join(m.spec for m in models)
-        raise QueryError(f"model {spec} has not indexed this library (indexed with: {known}); "
-                         f"run `searchlite index PATH --model {spec}`")
+            return indexed[0]
+        row = self.find_model(spec)
+        if row is None or not row.indexed:
+            known = ", ".join(m.spec for m in indexed)
+            raise QueryError(f"model {spec} has not indexed this library (indexed with: {known}); "
+                             f"run `searchlite index PATH --model {spec}`")
+        return row
 
-    def vector_index(self, model: ModelRow) -> VectorIndex:
-        """The model's FAISS index, caught up with everything committed (cached per process)."""
-        current = self.catalog.max_seq(model.id)
-        cached = self._indexes.get(model.id)
-        if cached is None or cached[1] != current:
-            index, seq = IndexStore(self.catalog, model).load()
-            self._indexes[model.id] = (index.to_gpu_if_available(), seq)  # GPU FAISS when installed + GPU
-        return self._indexes[model.id][0]
+    def register(self, spec: str, emb: Embedder, *, indexed: bool, index_type: str | None = None) -> ModelRow:
+        """The model's row, created on first use; ``indexed`` only ever turns on (index/import)."""
+        if index_type is not None and index_type not in INDEX_TYPES:
+            raise QueryError(f"--index must be one of {', '.join(INDEX_TYPES)}")
+        canonical = parse_spec(spec).canonical
+        row = self.find_model(spec)
+        if row is None:
+            return self.catalog.add_model(model_id=emb.model_id, spec=canonical, dim=emb.dim, family=emb.family,
+                                          scale=emb.score.scale, bias=emb.score.bias, template=emb.template,
+                                          index_type=index_type or "auto", indexed=indexed)
+        changes: dict[str, Any] = {}
+        if indexed and not row.indexed:
+            changes["indexed"] = True
+        if index_type and index_type != row.index_type:
+            changes["index_type"] = index_type
+        if row.spec != canonical:
+            changes["spec"] = canonical
+        return self.catalog.update_model(row.id, **changes) if changes else row
 
-    # -- indexing -------------------------------------------------------------------------------
+    def model_index(self, row: ModelRow) -> ModelIndex:
+        """The model's searchable index, caught up with everything committed (cached per process)."""
+        index = self._indexes.get(row.id)
+        if index is None:
+            index = self._indexes[row.id] = ModelIndex(self.catalog, row.id, row.dim)
+        return index.refresh()
+
+    # -- writing -------------------------------------------------------------------------------------
     def index(self, paths: Sequence[str | Path], models: Sequence[str] = (), *, index_type: str | None = None,
               workers: int | None = None, draft: bool = True, include_hidden: bool = False,
               progress: Callable[[int, int], None] | None = None) -> IndexStats:
-        """Incrementally index folders with one or more models."""
-        specs = list(models) or [m.spec for m in self.catalog.models()] or [DEFAULT_MODEL]
-        embedders = [(spec, self.embedder(spec)) for spec in specs]
-        indexer = Indexer(self.catalog, embedders, index_type=index_type, batch_size=self.batch_size,
-                          workers=workers, draft=draft, include_hidden=include_hidden)
-        stats = indexer.run([Path(p) for p in paths], progress=progress)
-        self._indexes.clear()
-        return stats
+        """Incrementally index folders with one or more models (default: the models that have
+        indexed this library, else the default model)."""
+        if models:
+            specs = list(models)
+        else:
+            rows = self.catalog.models(indexed_only=True)
+            for row in rows:
+                self.embedder_for(row)  # a clear error if a stored model folder has moved
+            specs = [row.spec for row in rows] or [DEFAULT_MODEL]
+        loaded = [(spec, self.embedder(spec)) for spec in specs]
+        pairs = [(self.register(spec, emb, indexed=True, index_type=index_type), emb) for spec, emb in loaded]
+        indexer = Indexer(self.catalog, pairs, batch_size=self.batch_size, workers=workers, draft=draft,
+                          include_hidden=include_hidden)
+        return indexer.run([Path(p) for p in paths], progress=progress)
 
     def reindex(self, model: str | None = None, index_type: str = "auto") -> str:
-        """Rebuild a model's FAISS index from its stored vectors (no re-embedding)."""
+        """Rebuild a model's index segments from its stored vectors (no re-embedding)."""
         row = self.model_row(model)
-        factory = IndexStore(self.catalog, row).sync(rebuild=True, kind=index_type)
-        self._indexes.pop(row.id, None)
-        return factory
+        if index_type not in INDEX_TYPES:
+            raise QueryError(f"--index must be one of {', '.join(INDEX_TYPES)}")
+        with library_lock(self.path, "reindex"):
+            row = self.catalog.update_model(row.id, index_type=index_type)
+            writer = VectorWriter(self.catalog, [row])
+            return SegmentBuilder(self.catalog, row, writer.stores[row.id]).maintain(rebuild=True)
 
-    # -- queries ----------------------------------------------------------------------------------
-    def query_vector(self, text: str, row: ModelRow, template: str | None = None, ensemble: bool = False,
-                     ) -> tuple[np.ndarray, set[int]]:
-        """The vector of a (possibly combined) query, and the ids of library images used as terms."""
-        emb = self.embedder(row.spec)
-        own_ids: set[int] = set()
+    def compact(self, model: str | None = None) -> dict[str, str]:
+        """Fold the exact tail into segments, merge deltas and drop deleted vectors from segments."""
+        rows = [self.model_row(model)] if model else self.catalog.models(indexed_only=True)
+        out = {}
+        with library_lock(self.path, "compact"):
+            for row in rows:
+                writer = VectorWriter(self.catalog, [row])
+                builder = SegmentBuilder(self.catalog, row, writer.stores[row.id])
+                out[row.spec] = builder.maintain(final=False)
+        return out
 
-        def texts(values: list[str]) -> np.ndarray:
-            if ensemble:
-                return np.stack([ensemble_text_vector(emb.embed_texts, v) for v in values])
-            return emb.embed_texts([(template or row.template).format(v) for v in values])
+    def import_vectors(self, source: str | Path, model: str, *, root: str | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> dict:
+        """Import vectors computed elsewhere from Parquet (see :mod:`searchlite.interchange`)."""
+        from searchlite.interchange import import_parquet
 
-        def image(path: str) -> np.ndarray:
-            vec, own = self.image_vector(path, row)
-            if own is not None:
-                own_ids.add(own)
-            return vec
+        emb = self.embedder(model)
+        with library_lock(self.path, "import"):
+            row = self.register(model, emb, indexed=True)
+            return import_parquet(self.catalog, row, source, root=root, progress=progress)
 
-        return combine(parse_query(text), texts, image), own_ids
+    def export_vectors(self, model: str, out: str | Path) -> dict:
+        """Write a model's vectors and image metadata as Parquet (the import schema)."""
+        from searchlite.interchange import export_parquet
 
-    def search(self, text: str, model: str | None = None, k: int = 20, *, template: str | None = None,
-               filters: Filters | None = None, min_prob: float | None = None, sort: str = "relevance",
-               ensemble: bool = False) -> list[SearchResult]:
-        """Text-to-image search; the text is wrapped in the model's prompt template. Combined
-        queries ("beach + sunset - people", "2:cat + dog", "./photo.jpg + snow") are supported;
-        ``ensemble`` averages the 80 OpenAI ImageNet templates (CLIP) instead of one template."""
-        if not text.strip():
-            raise QueryError("empty query")
         row = self.model_row(model)
-        query, own_ids = self.query_vector(text, row, template, ensemble)
-        return search_vectors(self.catalog, row, self.vector_index(row), query, k, filters, exclude=own_ids,
-                              min_prob=min_prob, sort=sort)
+        return export_parquet(self.catalog, row, self.model_index(row).store, Path(out))
+
+    # -- vectors of images -----------------------------------------------------------------------
+    def stored_vectors(self, row: ModelRow, image_ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """The stored vectors of some images under a model (those that have one)."""
+        mapping = self.catalog.rows_of(row.id, image_ids)
+        if not mapping:
+            return {}
+        vectors = self.model_index(row).store.get(np.fromiter(mapping.values(), dtype=np.int64))
+        return dict(zip(mapping.keys(), vectors))
+
+    def cache_vectors(self, row: ModelRow, vectors: dict[int, np.ndarray]) -> bool:
+        """Keep re-scoring vectors for next time when no writer holds the library (a cache:
+        it never makes the model 'indexed'). Returns whether they were stored."""
+        if not vectors:
+            return False
+        with try_library_lock(self.path) as locked:
+            if not locked:
+                return False
+            writer = VectorWriter(self.catalog, [row])
+            have = self.catalog.rows_of(row.id, vectors)
+            todo = {i: v for i, v in vectors.items() if i not in have and self.catalog.image(i) is not None}
+            if not todo:
+                return False
+            rows = writer.append(row.id, np.stack(list(todo.values())))
+            try:
+                with self.catalog.WriteSession.begin() as s:
+                    s.execute(insert(VectorRow), [dict(model_ref=row.id, store_row=r, image_id=i)
+                                                  for r, i in zip(rows, todo)])
+                    writer.record(s)
+            except BaseException:
+                writer.rollback()
+                raise
+            writer.committed()
+            return True
 
     def image_vector(self, image: str | Path, row: ModelRow) -> tuple[np.ndarray, int | None]:
         """A query image's vector: the stored one when the file is in the library, else embedded now."""
@@ -128,36 +217,115 @@ class Library:
             raise QueryError(f"no such image: {image}")
         known = self.catalog.find_image(path)
         if known is not None:
-            stored = self.catalog.vectors_for(row.id, [known.id]).get(known.id)
+            stored = self.stored_vectors(row, [known.id]).get(known.id)
             if stored is not None:
                 return stored, known.id
-        emb = self.embedder(row.spec)
+        emb = self.embedder_for(row)
         try:
             loaded = load_image(path, target_size=emb.image_size)
         except Exception as exc:
             raise QueryError(f"cannot read query image {image}: {exc}") from exc
         return emb.embed_images([loaded.image])[0], known.id if known else None
 
-    def similar(self, image: str | Path, model: str | None = None, k: int = 20, *,
-                filters: Filters | None = None, min_prob: float | None = None) -> list[SearchResult]:
-        """Image-to-image search; the query image itself is left out of its results."""
-        row = self.model_row(model)
-        vec, own_id = self.image_vector(image, row)
-        exclude = {own_id} if own_id is not None else set()
-        return search_vectors(self.catalog, row, self.vector_index(row), vec, k, filters, exclude=exclude,
-                              min_prob=min_prob)
+    # -- queries -------------------------------------------------------------------------------------
+    def text_vectors(self, row: ModelRow, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of already-templated texts under a model."""
+        return self.embedder_for(row).embed_texts(list(texts))
 
+    def query_vector(self, text: str, row: ModelRow, template: str | None = None, ensemble: bool = False,
+                     cwd: str | Path | None = None) -> tuple[np.ndarray, set[int]]:
+        """The vector of a (possibly combined) query, and the ids of library images used as terms."""
+        template = check_template(template) or row.template
+        own_ids: set[int] = set()
+
+        def texts(values: list[str]) -> np.ndarray:
+            if ensemble:
+                return np.stack([ensemble_text_vector(lambda t: self.text_vectors(row, t), v) for v in values])
+            return self.text_vectors(row, [template.format(v) for v in values])
+
+        def image(path: str) -> np.ndarray:
+            vec, own = self.image_vector(path, row)
+            if own is not None:
+                own_ids.add(own)
+            return vec
+
+        return combine(parse_query(text, base=cwd), texts, image), own_ids
+
+    def search(self, text: str, model: str | None = None, k: int = 20, *, offset: int = 0,
+               template: str | None = None, filters: Filters | None = None, min_prob: float | None = None,
+               sort: str = "relevance", ensemble: bool = False, cwd: str | Path | None = None) -> list[SearchResult]:
+        """Text-to-image search; the text is wrapped in the model's prompt template. Combined
+        queries ("beach + sunset - people", "2:cat + dog", "./photo.jpg + snow") are supported;
+        ``ensemble`` averages the 80 OpenAI ImageNet templates (CLIP) instead of one template."""
+        if not text.strip():
+            raise QueryError("empty query")
+        _check_page(k, offset)
+        row = self.model_row(model)
+        query, own_ids = self.query_vector(text, row, template, ensemble, cwd)
+        return search_vectors(self.catalog, row, self.model_index(row), query, k, filters, exclude_images=own_ids,
+                              min_prob=min_prob, sort=sort, offset=offset)
+
+    def similar(self, image: str | Path | int, model: str | None = None, k: int = 20, *, offset: int = 0,
+                filters: Filters | None = None, min_prob: float | None = None,
+                sort: str = "relevance") -> list[SearchResult]:
+        """Image-to-image search from a file or a library image id; the query image itself is left out."""
+        _check_page(k, offset)
+        row = self.model_row(model)
+        if isinstance(image, int):
+            vec = self.stored_vectors(row, [image]).get(image)
+            if vec is None:
+                raise QueryError(f"no indexed image with id {image}")
+            own_id: int | None = image
+        else:
+            vec, own_id = self.image_vector(image, row)
+        exclude = {own_id} if own_id is not None else set()
+        return search_vectors(self.catalog, row, self.model_index(row), vec, k, filters, exclude_images=exclude,
+                              min_prob=min_prob, sort=sort, offset=offset)
+
+    def rerank(self, text: str, first: str | None, second: str, k: int = 20, **kwargs: Any) -> list[SearchResult]:
+        """First stage from ``first``'s index, re-scored by ``second`` (see :func:`searchlite.rerank.rerank`)."""
+        from searchlite.rerank import rerank
+
+        return rerank(self, text, first, second, k, **kwargs)
+
+    def compare(self, text: str, specs: Sequence[str], k: int = 10, **kwargs: Any) -> dict[str, list[SearchResult]]:
+        """Side-by-side top-k of several models (see :func:`searchlite.rerank.compare`)."""
+        from searchlite.rerank import compare
+
+        return compare(self, text, specs, k, **kwargs)
+
+    def calibrate(self, dataset: Any, spec: str, bench_library: Library, **kwargs: Any) -> dict:
+        """Fit Platt scaling for a model on a dataset embedded in ``bench_library``; store it here."""
+        from searchlite.calibration import calibrate
+
+        return calibrate(bench_library, dataset, spec, target=self, **kwargs)
+
+    # -- information ---------------------------------------------------------------------------------
     def status(self) -> dict:
         counts = self.catalog.counts()
         counts["library"] = str(self.path)
         counts["roots"] = list(self.catalog.roots().values())
-        counts["models"] = [
-            {"model": m.spec, "model_id": m.model_id, "family": m.family, "dim": m.dim,
-             "index": m.index_factory, "index_type": m.index_type, "stale": m.index_stale,
-             "calibrated": m.calib_a is not None}
-            for m in self.catalog.models()
-        ]
+        models = []
+        for m in self.catalog.models():
+            entry = {"model": m.spec, "model_id": m.model_id, "family": m.family, "dim": m.dim,
+                     "indexed": m.indexed, "index_type": m.index_type, "calibrated": m.calib_a is not None}
+            if m.indexed:
+                index = self.model_index(m)
+                entry.update(index=index.describe(), stale=int(len(index.snap.tombstones)))
+            models.append(entry)
+        counts["models"] = models
         return counts
 
     def errors(self) -> list[tuple[str, str]]:
         return self.catalog.errors()
+
+    def image(self, image_id: int) -> tuple[Any, str] | None:
+        """(catalog row, absolute path) of an image id, or None."""
+        return self.catalog.image(image_id)
+
+
+def _check_page(k: int, offset: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise QueryError(f"k must be a positive integer, got {k!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise QueryError(f"offset must be a non-negative integer, got {offset!r}")

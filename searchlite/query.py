@@ -1,5 +1,5 @@
-"""Query engine: templated text and image queries, ANN search joined with the catalog,
-filters applied without losing results, and calibrated probabilities.
+"""Query engine: filters as SQL over indexed columns, ANN search of a model's segments with those
+filters inside FAISS, results joined with the catalog, and calibrated probabilities.
 
 Probability = ``sigmoid(a * cos + b)``. SigLIP: ``a = exp(logit_scale)``, ``b = logit_bias`` (the
 model's own probability). CLIP / ALIGN: Platt parameters fitted by ``searchlite calibrate`` and
@@ -8,19 +8,23 @@ stored per model; until then a documented fallback (:data:`FALLBACK_CENTER`).
 
 from __future__ import annotations
 
-import fnmatch
+import string
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import and_, or_, select
 
-from searchlite.catalog import Catalog, ImageRow, ModelRow
-from searchlite.vectors import VectorIndex
+from searchlite.catalog import Catalog, ImageRow, ModelRow, Root, VectorRow, join_path
+from searchlite.errors import QueryError
+from searchlite.imaging import format_taken
+from searchlite.store import ModelIndex
 
 #: Uncalibrated CLIP/ALIGN fallback: probability 0.5 at this cosine, slope = the model's logit scale.
 #: Matching image-caption pairs of CLIP ViT-B/32 score ~0.30 cosine, unrelated ones ~0.15-0.20.
 FALLBACK_CENTER = {"clip": 0.25, "align": 0.30}
+SORTS = ("relevance", "date")
 
 
 def calibration(model: ModelRow) -> tuple[float, float]:
@@ -37,11 +41,25 @@ def sigmoid(x: np.ndarray | float) -> np.ndarray | float:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
+def check_template(template: str | None) -> str | None:
+    """A prompt template must contain exactly one '{}' and no other replacement field."""
+    if template is None:
+        return None
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise QueryError(f"bad template {template!r}: {exc} (use '{{}}' where the query goes, '{{{{' for a brace)") from exc
+    if fields != [""]:
+        raise QueryError(f"bad template {template!r}: it needs exactly one '{{}}' where the query goes "
+                         f"(e.g. \"a photo of {{}}.\")")
+    return template
+
+
 @dataclass
 class Filters:
-    """Result filters; all must hold."""
+    """Result filters; all must hold. Evaluated in SQL (indexed columns), then inside the search."""
 
-    glob: str | None = None  # fnmatch on the absolute path, e.g. "*/2023/*" or "*.png"
+    glob: str | None = None  # shell pattern on the absolute path, e.g. "*/2023/*" or "*.png"
     folder: Path | None = None
     after: datetime | None = None  # capture time (EXIF, else file mtime)
     before: datetime | None = None
@@ -57,31 +75,78 @@ class Filters:
 
     @classmethod
     def from_json(cls, data: dict | None) -> Filters:
+        """Parse and validate (types, ranges) a filters object from a request."""
         data = data or {}
-        return cls(glob=data.get("glob"), folder=Path(data["folder"]) if data.get("folder") else None,
-                   after=datetime.fromisoformat(data["after"]) if data.get("after") else None,
-                   before=datetime.fromisoformat(data["before"]) if data.get("before") else None,
-                   min_width=data.get("min_width"), min_height=data.get("min_height"),
-                   formats=tuple(data.get("formats") or ()))
+        if not isinstance(data, dict):
+            raise QueryError("filters must be an object")
+        unknown = set(data) - {"glob", "folder", "after", "before", "min_width", "min_height", "formats"}
+        if unknown:
+            raise QueryError(f"unknown filter {sorted(unknown)[0]!r}")
+
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            if value is not None and not isinstance(value, str):
+                raise QueryError(f"filter {key} must be a string")
+            return value or None
+
+        def when(key: str) -> datetime | None:
+            value = text(key)
+            try:
+                return datetime.fromisoformat(value) if value else None
+            except ValueError as exc:
+                raise QueryError(f"filter {key} must be a date (YYYY-MM-DD[THH:MM[:SS]]), got {value!r}") from exc
+
+        def size(key: str) -> int | None:
+            value = data.get(key)
+            if value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise QueryError(f"filter {key} must be a positive integer")
+            return value
+
+        formats = data.get("formats") or []
+        if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
+            raise QueryError("filter formats must be a list of strings")
+        folder = text("folder")
+        return cls(glob=text("glob"), folder=Path(folder) if folder else None, after=when("after"),
+                   before=when("before"), min_width=size("min_width"), min_height=size("min_height"),
+                   formats=tuple(formats))
 
     def active(self) -> bool:
         return any([self.glob, self.folder, self.after, self.before, self.min_width, self.min_height, self.formats])
 
-    def accept(self, row: ImageRow, path: Path) -> bool:
-        if self.glob and not fnmatch.fnmatch(str(path), self.glob):
-            return False
-        if self.folder and not path.is_relative_to(self.folder):
-            return False
-        when = row.taken_at or datetime.fromtimestamp(row.mtime_ns / 1e9)
-        if self.after and when < self.after:
-            return False
-        if self.before and when > self.before:
-            return False
-        if self.min_width and (row.width or 0) < self.min_width:
-            return False
-        if self.min_height and (row.height or 0) < self.min_height:
-            return False
-        return not (self.formats and (row.format or "").upper() not in {f.upper() for f in self.formats})
+    def conditions(self, catalog: Catalog) -> list:
+        """SQL conditions on images (joined with roots) equivalent to these filters."""
+        conds = []
+        if self.glob:
+            pattern = self.glob.replace("[!", "[^")  # fnmatch's negation in SQLite GLOB syntax
+            conds.append((Root.path + "/" + ImageRow.relpath).op("GLOB")(pattern))
+        if self.folder:
+            conds.append(self._folder_condition(catalog))
+        if self.after:
+            conds.append(ImageRow.taken_at >= self.after)
+        if self.before:
+            conds.append(ImageRow.taken_at <= self.before)
+        if self.min_width:
+            conds.append(ImageRow.width >= self.min_width)
+        if self.min_height:
+            conds.append(ImageRow.height >= self.min_height)
+        if self.formats:
+            conds.append(ImageRow.format.in_([f.upper() for f in self.formats]))
+        return conds
+
+    def _folder_condition(self, catalog: Catalog):
+        folder = str(Path(self.folder).expanduser().resolve())
+        inside = [rid for rid, path in catalog.roots().items()
+                  if path == folder or path.startswith(folder.rstrip("/") + "/")]
+        located = catalog.locate(folder + "/x")
+        parts = [ImageRow.root_id.in_(inside)] if inside else []
+        if located is not None and located[0] not in inside:
+            prefix = located[1][:-1]  # 'sub/dir/' (relpath of 'x' minus the 'x')
+            # a range on (root_id, relpath) uses the catalog's unique index
+            parts.append(and_(ImageRow.root_id == located[0], ImageRow.relpath >= prefix,
+                              ImageRow.relpath < prefix[:-1] + "0"))
+        return or_(*parts) if parts else ImageRow.id < 0
 
 
 @dataclass
@@ -98,70 +163,60 @@ class SearchResult:
     height: int | None = None
     taken_at: str | None = None
     extra: dict = field(default_factory=dict)
+    sort_time: datetime | None = field(default=None, repr=False, compare=False)
+
+    FIELDS = ("rank", "path", "score", "logit", "probability", "image_id", "width", "height", "taken_at")
 
     @classmethod
     def from_dict(cls, data: dict) -> SearchResult:
-        names = ("rank", "path", "score", "logit", "probability", "image_id", "width", "height", "taken_at")
-        return cls(**{k: data.get(k) for k in names}, extra={k: v for k, v in data.items() if k not in names})
+        return cls(**{k: data.get(k) for k in cls.FIELDS}, extra={k: v for k, v in data.items() if k not in cls.FIELDS})
 
     def as_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ("rank", "path", "score", "logit", "probability", "image_id", "width",
-                                           "height", "taken_at")}
+        d = {k: getattr(self, k) for k in self.FIELDS}
         d.update(self.extra)
         return d
 
 
-def search_vectors(catalog: Catalog, model: ModelRow, index: VectorIndex, query: np.ndarray, k: int,
-                   filters: Filters | None = None, exclude: set[int] | None = None,
-                   min_prob: float | None = None, sort: str = "relevance") -> list[SearchResult]:
-    """ANN search for one query vector, joined with the catalog.
+def allowed_rows(catalog: Catalog, model: ModelRow, filters: Filters) -> np.ndarray:
+    """The sorted store rows of the live images that pass the filters (exact, from SQL)."""
+    query = (select(VectorRow.store_row).join(ImageRow, ImageRow.id == VectorRow.image_id)
+             .join(Root, Root.id == ImageRow.root_id)
+             .where(VectorRow.model_ref == model.id, *filters.conditions(catalog)).order_by(VectorRow.store_row))
+    with catalog.Session() as s:
+        return np.fromiter(s.scalars(query), dtype=np.int64)
 
-    Over-fetches and doubles until ``k`` results pass every filter (or the index is exhausted), so
-    filters and stale ids (deleted from the catalog but still in an HNSW graph) never lose results.
-    """
+
+def search_vectors(catalog: Catalog, model: ModelRow, index: ModelIndex, query: np.ndarray, k: int,
+                   filters: Filters | None = None, exclude_images: set[int] | None = None,
+                   min_prob: float | None = None, sort: str = "relevance", offset: int = 0) -> list[SearchResult]:
+    """Top-k results (after ``offset``) for one query vector: filters and deletions are applied
+    inside the search, so every result that exists is found, whatever the filter's selectivity."""
+    if sort not in SORTS:
+        raise QueryError(f"unknown sort {sort!r}; choose one of {', '.join(SORTS)}")
     filters = filters or Filters()
-    exclude = exclude or set()
-    roots = catalog.roots()
+    allowed = allowed_rows(catalog, model, filters) if filters.active() else None
+    exclude = np.array(sorted(catalog.rows_of(model.id, exclude_images).values()), dtype=np.int64) \
+        if exclude_images else None
+    scores, rows = index.search(np.asarray(query, dtype=np.float32), k + offset, allowed, exclude)
+    joined = catalog.results_for_rows(model.id, rows)
     a, b = calibration(model)
-    q = np.asarray(query, dtype=np.float32).reshape(1, -1)
-    total = index.ntotal
-    compressed = "PQ" in index.factory
-    fetch = min(total, max(k * (4 if compressed else 2), k + len(exclude) + model.index_stale, 16))
-    results: list[SearchResult] = []
-    while True:
-        scores, ids = index.search(q, fetch)
-        pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in exclude]
-        if compressed:
-            # PQ scores are approximate: re-score the candidates with the exact stored vectors
-            exact = catalog.vectors_for(model.id, [i for _, i in pairs])
-            pairs = sorted(((float(exact[i] @ q[0]), i) for _, i in pairs if i in exact), key=lambda p: (-p[0], p[1]))
-        # one query: catalog rows of the candidates that still have a vector under this model
-        rows = catalog.rows_with_vectors(model.id, [i for _, i in pairs])
-        results = []
-        for cos, image_id in pairs:
-            row = rows.get(image_id)
-            if row is None or row.status != "ok":
-                continue
-            path = Path(roots[row.root_id]) / row.relpath
-            if filters.active() and not filters.accept(row, path):
-                continue
-            prob = float(sigmoid(a * cos + b))
-            if min_prob is not None and prob < min_prob:
-                continue
-            results.append(SearchResult(0, str(path), cos, float(model.scale * cos + model.bias), prob, image_id,
-                                        row.width, row.height,
-                                        (row.taken_at.isoformat() if row.taken_at else None)))
-        below_min = min_prob is not None and pairs and float(sigmoid(a * pairs[-1][0] + b)) < min_prob
-        if len(results) >= k or fetch >= total or below_min:
-            break
-        fetch = min(total, fetch * 4)
-    # identical scores: lower id first, so ranking is deterministic
-    results.sort(key=lambda r: (-r.score, r.image_id))
-    results = results[:k]
+    results = []
+    for cos, row in zip(scores.tolist(), rows.tolist()):
+        hit = joined.get(row)
+        if hit is None:
+            continue  # deleted after the snapshot was taken
+        prob = float(sigmoid(a * cos + b))
+        if min_prob is not None and prob < min_prob:
+            if a > 0:
+                break  # ranked by cosine: everything after scores lower
+            continue
+        extra = {"raw": join_path(hit.root_path, hit.companion)} if hit.companion else {}
+        results.append(SearchResult(0, join_path(hit.root_path, hit.relpath), float(cos),
+                                    float(model.scale * cos + model.bias), prob, hit.id, hit.width, hit.height,
+                                    format_taken(hit.taken_at, hit.taken_offset), extra, hit.taken_at))
+    results = results[offset:]
     if sort == "date":
-        when = {i: (r.taken_at or datetime.fromtimestamp(r.mtime_ns / 1e9)) for i, r in rows.items()}
-        results.sort(key=lambda r: (when[r.image_id], r.path))
-    for rank, r in enumerate(results, 1):
+        results.sort(key=lambda r: (r.sort_time or datetime.min, r.path))
+    for rank, r in enumerate(results, 1 + offset):
         r.rank = rank
     return results
-

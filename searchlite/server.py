@@ -1,10 +1,12 @@
 """A resident query process: `searchlite serve` keeps models and indexes loaded and answers
-`search` / `similar` from the CLI over a Unix socket in the library folder, so a query costs a
-round trip instead of importing torch and transformers and loading a model (~5 s cold here).
+`search` / `similar` from the CLI over a Unix socket, so a query costs a round trip instead of
+importing torch and loading a model.
 
-The CLI uses the server when its socket answers and silently falls back to in-process search
-otherwise (no server, a stale socket, another library). One request per connection, one JSON
-line each way; requests are served one at a time (torch models are not shared across threads).
+The socket lives in the library folder, or (paths too long for a Unix socket) in a per-user
+runtime folder with mode 0700; the client talks only to a socket owned by its own user. One JSON
+line each way per connection; every field is validated; a client that stalls is dropped after
+REQUEST_TIMEOUT seconds without holding up others (connections are accepted on threads, library
+calls run one at a time). The CLI silently falls back to in-process search when no server answers.
 """
 
 from __future__ import annotations
@@ -16,29 +18,58 @@ import os
 import signal
 import socket
 import socketserver
+import stat
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from searchlite.errors import LibraryError, QueryError, SearchliteError
 
 log = logging.getLogger(__name__)
 
 COMMANDS = ("search", "similar", "ping")
+REQUEST_TIMEOUT = 10.0
+MAX_REQUEST = 1 << 20
+MAX_K = 10_000
+
+
+def runtime_dir() -> Path:
+    """A private folder for sockets: $XDG_RUNTIME_DIR/searchlite or <tmp>/searchlite-<uid>, mode
+    0700 and owned by this user (refused otherwise: another user could have planted it)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    folder = Path(base) / "searchlite" if base else Path(tempfile.gettempdir()) / f"searchlite-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(folder)
+    except OSError as exc:
+        raise LibraryError(f"cannot create the runtime folder {folder}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise LibraryError(f"refusing to use {folder} for the server socket: it must be a folder owned by you "
+                           "with mode 0700")
+    return folder
 
 
 def socket_path(library: Path) -> Path:
-    """The library's socket (Unix socket paths are limited to ~100 bytes: long ones go to tmp)."""
+    """The library's socket (Unix socket paths are limited to ~100 bytes: long ones go to the runtime dir)."""
     library = Path(library).expanduser().resolve()
     path = library / "searchlite.sock"
     if len(str(path)) < 100:
         return path
     digest = hashlib.sha256(str(library).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"searchlite-{digest}.sock"
+    return runtime_dir() / f"{digest}.sock"
 
 
 def request(library: Path, command: str, args: dict[str, Any], timeout: float = 600.0) -> dict | None:
-    """Send one request to the library's server; None when no server answers (use in-process)."""
-    path = socket_path(library)
-    if not path.exists():
+    """Send one request to the library's server; None when no server (of this user) answers."""
+    try:
+        path = socket_path(library)
+        info = os.lstat(path)
+    except (OSError, LibraryError):
+        return None
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
+        log.warning("ignoring %s: not a socket owned by this user", path)
         return None
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -51,25 +82,79 @@ def request(library: Path, command: str, args: dict[str, Any], timeout: float = 
                 if not chunk:
                     break
                 data += chunk
-    except (TimeoutError, ConnectionRefusedError, FileNotFoundError, OSError):
+    except OSError:
         return None
-    return json.loads(data) if data else None
-
-
-def _handle(lib, message: dict) -> dict:
-    from searchlite.errors import SearchliteError
-    from searchlite.query import Filters
-
-    command, args = message.get("command"), dict(message.get("args") or {})
-    if command not in COMMANDS:
-        return {"ok": False, "error": f"unknown command {command!r}"}
-    if command == "ping":
-        return {"ok": True, "library": str(lib.path)}
-    args["filters"] = Filters.from_json(args.get("filters"))
-    cwd = args.pop("cwd", None)
-    if cwd and os.path.isdir(cwd):
-        os.chdir(cwd)  # requests are served one at a time
     try:
+        return json.loads(data) if data else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _typed(args: dict, key: str, kind: type | tuple, default: Any = None, *, low: float | None = None,
+           high: float | None = None) -> Any:
+    value = args.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and kind is not bool:
+        raise QueryError(f"{key} must be {getattr(kind, '__name__', 'a number')}")
+    if not isinstance(value, kind):
+        raise QueryError(f"{key} has the wrong type")
+    if low is not None and value < low or high is not None and value > high:
+        raise QueryError(f"{key} must be between {low} and {high}")
+    return value
+
+
+def parse_request(message: Any) -> tuple[str, dict]:
+    """Validate a request: (command, keyword arguments for the Library call)."""
+    from searchlite.query import SORTS, Filters, check_template
+
+    if not isinstance(message, dict):
+        raise QueryError("a request must be a JSON object")
+    command, args = message.get("command"), message.get("args") or {}
+    if command not in COMMANDS:
+        raise QueryError(f"unknown command {command!r}")
+    if not isinstance(args, dict):
+        raise QueryError("args must be an object")
+    allowed = {"search": {"text", "model", "k", "offset", "template", "ensemble", "min_prob", "sort", "filters", "cwd"},
+               "similar": {"image", "model", "k", "offset", "min_prob", "sort", "filters"}, "ping": set()}[command]
+    unknown = set(args) - allowed
+    if unknown:
+        raise QueryError(f"unknown argument {sorted(unknown)[0]!r} for {command}")
+    if command == "ping":
+        return command, {}
+    out: dict[str, Any] = {
+        "model": _typed(args, "model", str),
+        "k": _typed(args, "k", int, 20, low=1, high=MAX_K),
+        "offset": _typed(args, "offset", int, 0, low=0, high=10 * MAX_K),
+        "min_prob": _typed(args, "min_prob", (int, float), low=0.0, high=1.0),
+        "sort": _typed(args, "sort", str, "relevance"),
+        "filters": Filters.from_json(args.get("filters")),
+    }
+    if out["sort"] not in SORTS:
+        raise QueryError(f"sort must be one of {', '.join(SORTS)}")
+    if command == "search":
+        text = _typed(args, "text", str)
+        if not text or not text.strip() or len(text) > 2000:
+            raise QueryError("text must be a non-empty string of at most 2000 characters")
+        cwd = _typed(args, "cwd", str)
+        if cwd is not None and not (os.path.isabs(cwd) and os.path.isdir(cwd)):
+            raise QueryError("cwd must be an absolute folder")
+        out.update(text=text, template=check_template(_typed(args, "template", str)),
+                   ensemble=_typed(args, "ensemble", bool, False), cwd=cwd)
+    else:
+        image = _typed(args, "image", str)
+        if not image or not os.path.isabs(image):
+            raise QueryError("image must be an absolute path")
+        out["image"] = image
+    return command, out
+
+
+def handle(lib, message: Any) -> dict:
+    """Answer one request (a dict) with a JSON-able dict; never raises for bad input."""
+    try:
+        command, args = parse_request(message)
+        if command == "ping":
+            return {"ok": True, "library": str(lib.path), "pid": os.getpid()}
         if command == "search":
             results = lib.search(args.pop("text"), **args)
         else:
@@ -79,35 +164,54 @@ def _handle(lib, message: dict) -> dict:
     return {"ok": True, "results": [r.as_dict() for r in results]}
 
 
-def serve(lib, models: list[str]) -> None:
-    """Load the models and their indexes, then answer requests until interrupted."""
-    for spec in models or [m.spec for m in lib.catalog.models()]:
+def serve(lib, models: list[str], on_ready: Callable[[socketserver.BaseServer], None] | None = None) -> None:
+    """Load the models and their indexes, then answer requests until interrupted (or until
+    ``server.shutdown()`` on the server passed to ``on_ready``)."""
+    for spec in models or [m.spec for m in lib.catalog.models(indexed_only=True)]:
         row = lib.model_row(spec)
-        lib.embedder(row.spec)
-        lib.vector_index(row)
+        lib.embedder_for(row)
+        lib.model_index(row)
         log.info("loaded %s", row.spec)
     path = socket_path(lib.path)
     if request(lib.path, "ping", {}, timeout=2.0) is not None:
-        from searchlite.errors import LibraryError
-
         raise LibraryError(f"a searchlite server already answers on {path}")
     path.unlink(missing_ok=True)
+    calls = threading.Lock()  # torch models and the catalog cache are used by one request at a time
 
     class Handler(socketserver.StreamRequestHandler):
+        timeout = REQUEST_TIMEOUT  # a stalled client is dropped; others are served meanwhile
+
         def handle(self) -> None:
             try:
-                reply = _handle(lib, json.loads(self.rfile.readline()))
-            except Exception as exc:  # noqa: BLE001 - a bad request must not stop the server
-                log.exception("request failed")
-                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            self.wfile.write(json.dumps(reply).encode() + b"\n")
+                line = self.rfile.readline(MAX_REQUEST + 1)
+                message = json.loads(line) if len(line) <= MAX_REQUEST else None
+            except (OSError, ValueError):
+                return
+            with calls:
+                try:
+                    reply = handle(lib, message)
+                except Exception as exc:  # noqa: BLE001 - a bad request must not stop the server
+                    log.exception("request failed")
+                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+            try:
+                self.wfile.write(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
 
     def stop(_signum, _frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)  # `kill` stops it as cleanly as Ctrl-C (the socket is removed)
-    with socketserver.UnixStreamServer(str(path), Handler) as server:
-        os.chmod(path, 0o600)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)  # `kill` stops it as cleanly as Ctrl-C (the socket is removed)
+    old_umask = os.umask(0o177)  # the socket is created 0600: only this user can connect
+    try:
+        server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+    finally:
+        os.umask(old_umask)
+    server.daemon_threads = True
+    with server:
+        if on_ready is not None:
+            on_ready(server)
         try:
             server.serve_forever()
         finally:

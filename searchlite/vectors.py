@@ -1,7 +1,7 @@
-"""FAISS indexes over catalog ids: choice by size, index_factory strings, atomic save, mmap load.
+"""FAISS indexes keyed by store row: choice by size, factory strings, training on a sample, atomic
+save, memory-mapped load, and search with an ``IDSelector`` (filters, deletions).
 
-All indexes use inner product over L2-normalised vectors (= cosine). Ids are catalog image ids,
-added with ``add_with_ids`` (``IDMap2`` around Flat and HNSW, native ids for IVF).
+Every index uses inner product over L2-normalised vectors (= cosine).
 """
 
 from __future__ import annotations
@@ -12,46 +12,56 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from searchlite.errors import LibraryError
+from searchlite.faults import crashpoint
 
 log = logging.getLogger(__name__)
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
-#: Libraries below this size are searched exactly; exact search of 100k x 768 takes ~10 ms.
+#: Below this many vectors 'auto' searches exactly (no FAISS file: the vector store is the index).
 FLAT_MAX = 100_000
-#: HNSW up to this size; above, IVF (cheaper to build, trained on a sample).
+#: HNSW up to this size; above, IVF-PQ with exact re-scoring, which fits RAM at 100M.
 HNSW_MAX = 2_000_000
-#: Above this size IVF-PQ (compressed codes) keeps memory in check.
-IVFPQ_MIN = 20_000_000
+#: Coarse quantizer size cap at which k-means and list assignment stay affordable on a few CPU cores.
+NLIST_CAP = 4096
+HNSW_M = 32
+EF_CONSTRUCTION = 80
 
 
 def choose_type(n: int) -> str:
-    """The index type 'auto' picks for a library of n vectors."""
+    """The index type 'auto' picks for n vectors."""
     if n < FLAT_MAX:
         return "flat"
-    if n < HNSW_MAX:
-        return "hnsw"
-    return "ivf" if n < IVFPQ_MIN else "ivfpq"
+    return "hnsw" if n < HNSW_MAX else "ivfpq"
 
 
-def _nlist(n: int) -> int:
-    # FAISS guidelines: nlist ~ 4*sqrt(n) .. 16*sqrt(n), at least ~39 training points per list.
-    return max(1, min(int(4 * math.sqrt(n)), n // 39 or 1))
+def nlist_for(n: int) -> int:
+    """IVF lists: FAISS's 4*sqrt(n) guideline, at least 39 training points per list, and capped
+    at max(NLIST_CAP, sqrt(n)) so training and assignment stay affordable on a CPU."""
+    return max(1, min(int(4 * math.sqrt(n)), max(NLIST_CAP, int(math.sqrt(n))), n // 39 or 1))
+
+
+def training_size(nlist: int, n: int) -> int:
+    """FAISS wants >= 39 points per list and uses at most 256: 64 per list is a good middle."""
+    return min(n, 64 * nlist)
 
 
 def factory_string(kind: str, n: int, dim: int) -> str:
     """The ``faiss.index_factory`` string for an index type at a given size."""
     if kind == "flat":
-        return "IDMap2,Flat"
+        return "IDMap,Flat"
     if kind == "hnsw":
-        return "IDMap2,HNSW32"
+        return f"IDMap,HNSW{HNSW_M}"
     if kind == "ivf":
-        return f"IVF{_nlist(n)},Flat"
+        return f"IVF{nlist_for(n)},Flat"
     if kind == "ivfpq":
         m = next(m for m in (dim // 8, dim // 4, dim // 2, dim, 1) if m and dim % m == 0)
         nbits = max(1, min(8, int(math.log2(max(n, 2))) - 2))
-        return f"IVF{_nlist(n)},PQ{m}x{nbits}"
+        return f"IVF{nlist_for(n)},PQ{m}x{nbits}"
     raise ValueError(f"unknown index type {kind!r}; choose one of {', '.join(INDEX_TYPES)}")
 
 
@@ -64,26 +74,23 @@ def kind_of(factory: str) -> str:
     return "flat"
 
 
-def describe(index: object) -> str:
-    """The factory-style description of a loaded index (e.g. 'IDMap2,HNSW32', 'IVF1024,Flat')."""
+def bitmap_selector(rows: np.ndarray, size: int) -> tuple[Any, np.ndarray]:
+    """An ``IDSelectorBitmap`` accepting exactly ``rows`` (ids < size); keep the array alive."""
     import faiss
 
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else faiss.downcast_index(index)
-    prefix = "IDMap2," if isinstance(index, faiss.IndexIDMap) else ""
-    if isinstance(inner, faiss.IndexHNSW):
-        return f"{prefix}HNSW{inner.hnsw.nb_neighbors(1)}"
-    if isinstance(inner, faiss.IndexIVFPQ):
-        return f"{prefix}IVF{inner.nlist},PQ{inner.pq.M}x{inner.pq.nbits}"
-    if isinstance(inner, faiss.IndexIVF):
-        return f"{prefix}IVF{inner.nlist},Flat"
-    return f"{prefix}Flat"
+    mask = np.zeros(max(size, 1), dtype=bool)
+    mask[rows] = True
+    bits = np.packbits(mask, bitorder="little")
+    return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits)), bits
 
 
-def _supports_remove(index: object) -> bool:
+def excluding_selector(rows: np.ndarray) -> tuple[Any, Any]:
+    """An ``IDSelector`` rejecting ``rows``; returns (selector, what must stay alive with it)."""
     import faiss
 
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
-    return not isinstance(inner, faiss.IndexHNSW)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    batch = faiss.IDSelectorBatch(len(rows), faiss.swig_ptr(rows))
+    return faiss.IDSelectorNot(batch), (batch, rows)
 
 
 @dataclass
@@ -93,34 +100,56 @@ class SearchParams:
 
 
 class VectorIndex:
-    """A FAISS index of one model's vectors, keyed by catalog image id."""
+    """One FAISS index (a segment) whose ids are store rows."""
 
-    def __init__(self, index: object, factory: str | None = None) -> None:
+    def __init__(self, index: Any, factory: str) -> None:
         self.index = index
-        self.factory = factory or describe(index)
+        self.factory = factory
 
     @classmethod
-    def build(cls, kind: str, dim: int, ids: np.ndarray, vectors: np.ndarray, seed: int = 0) -> VectorIndex:
-        """Build (and train, for IVF) an index over all given vectors."""
+    def empty(cls, kind: str, n: int, dim: int) -> VectorIndex:
+        """An untrained index of a type sized for n vectors."""
         import faiss
 
-        n = len(ids)
-        if kind == "auto":
-            kind = choose_type(n)
         factory = factory_string(kind, max(n, 1), dim)
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         if kind == "hnsw":
-            faiss.downcast_index(index.index).hnsw.efConstruction = 80
-        if not index.is_trained:
-            if n == 0:
-                raise ValueError(f"cannot train a {kind} index without vectors")
+            faiss.downcast_index(index.index).hnsw.efConstruction = EF_CONSTRUCTION
+        return cls(index, factory)
+
+    @classmethod
+    def build(cls, kind: str, dim: int, ids: np.ndarray, vectors: np.ndarray, seed: int = 0) -> VectorIndex:
+        """Build (and train) an index over in-memory vectors (benchmarks and small sets)."""
+        if kind == "auto":
+            kind = choose_type(len(ids))
+        out = cls.empty(kind, len(ids), dim)
+        if not out.is_trained:
             rng = np.random.default_rng(seed)
-            sample = vectors if n <= 256 * 1024 else vectors[rng.choice(n, 256 * 1024, replace=False)]
-            index.train(np.ascontiguousarray(sample, dtype=np.float32))
-        out = cls(index, factory)
-        if n:
-            out.add(ids, vectors)
+            size = training_size(out.nlist, len(ids))
+            out.train(vectors if size >= len(ids) else vectors[np.sort(rng.choice(len(ids), size, replace=False))])
+        out.add(ids, vectors)
         return out
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    @property
+    def nlist(self) -> int:
+        import faiss
+
+        ivf = faiss.try_extract_index_ivf(self.index)
+        return int(ivf.nlist) if ivf is not None else 1
+
+    def train(self, sample: np.ndarray) -> None:
+        import faiss
+
+        if len(sample) == 0:
+            raise LibraryError(f"cannot train a {self.kind} index without vectors")
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is not None and len(sample) > 100_000:
+            ivf.cp.niter = 10  # k-means converges in a few passes on this many points; 25 costs 2.5x
+        self.index.train(np.ascontiguousarray(sample, dtype=np.float32))
 
     @property
     def ntotal(self) -> int:
@@ -131,69 +160,83 @@ class VectorIndex:
         return kind_of(self.factory)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
-                                np.ascontiguousarray(ids, dtype=np.int64))
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
+                                    np.ascontiguousarray(ids, dtype=np.int64))
 
-    def remove(self, ids: np.ndarray) -> bool:
-        """Remove ids where the index type supports it; False means 'filter at search instead'."""
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove ids (IVF only: HNSW graphs cannot drop nodes). Returns how many were removed."""
         import faiss
 
-        if not _supports_remove(self.index):
-            return False
-        self.index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
-        return True
+        if self.kind not in ("ivf", "ivfpq") or not len(ids):
+            return 0
+        rows = np.ascontiguousarray(ids, dtype=np.int64)
+        return int(self.index.remove_ids(faiss.IDSelectorBatch(len(rows), faiss.swig_ptr(rows))))
 
-    def search(self, queries: np.ndarray, k: int, params: SearchParams | None = None,
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) per query; missing slots have id -1."""
+    def search(self, queries: np.ndarray, k: int, params: SearchParams | None = None, selector: Any = None,
+               selectivity: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) per query; missing slots have id -1. With a selector accepting a
+        fraction ``selectivity`` of the vectors, efSearch / nprobe grow by 1/selectivity so a
+        filtered search explores as many accepted vectors as an unfiltered one."""
         import faiss
 
         params = params or SearchParams()
         k = max(1, min(k, self.ntotal or 1))
-        inner = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap) else self.index
-        if isinstance(inner, faiss.IndexHNSW):
-            inner.hnsw.efSearch = max(params.ef_search, k)
-        ivf = faiss.try_extract_index_ivf(self.index) if "IVF" in self.factory else None
-        if ivf is not None:
-            ivf.nprobe = params.nprobe or min(ivf.nlist, max(16, ivf.nlist // 64))
-        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return scores, ids
+        boost = 1.0 / max(selectivity, 1e-6)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        try:
+            if self.kind == "hnsw":
+                ef = int(min(max(params.ef_search, k) * boost, 16384))
+                p = faiss.SearchParametersHNSW(efSearch=max(ef, k), sel=selector) if selector is not None \
+                    else faiss.SearchParametersHNSW(efSearch=max(params.ef_search, k))
+                return self.index.search(queries, k, params=p)
+            ivf = faiss.try_extract_index_ivf(self.index)
+            if ivf is not None:
+                base = params.nprobe or min(ivf.nlist, max(16, ivf.nlist // 64))
+                nprobe = int(min(ivf.nlist, math.ceil(base * boost)))
+                p = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector) if selector is not None \
+                    else faiss.SearchParametersIVF(nprobe=nprobe)
+                return self.index.search(queries, k, params=p)
+            p = faiss.SearchParameters(sel=selector) if selector is not None else None
+            return self.index.search(queries, k, params=p)
+        except RuntimeError as exc:
+            raise LibraryError(f"FAISS search failed on {self.factory}: {str(exc).splitlines()[0]}") from exc
 
     def save(self, path: Path) -> None:
-        """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
+        """Write to a temp file in the same folder, fsync, rename, fsync the folder: a reader sees
+        the old file or the whole new one, and a crash never leaves a half-written index."""
         import faiss
 
+        from searchlite.store.vectorstore import fsync_dir
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
         os.close(fd)
         try:
             faiss.write_index(self.index, tmp)
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+            crashpoint("segment-written")
             os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except RuntimeError as exc:
+            raise LibraryError(f"cannot write the index {path}: {str(exc).splitlines()[0]}") from exc
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
     @classmethod
-    def load(cls, path: Path, mmap: bool = True) -> VectorIndex:
-        """Load an index, memory-mapped where the type supports it (read-only then)."""
+    def load(cls, path: Path, factory: str, mmap: bool = True) -> VectorIndex:
+        """Load an index memory-mapped (read-only: a query touches only the pages it needs)."""
         import faiss
 
         if not path.exists():
             raise FileNotFoundError(path)
-        if mmap:
-            try:
-                return cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY))
-            except RuntimeError:
-                log.debug("index %s cannot be memory-mapped; reading it", path)
-        return cls(faiss.read_index(str(path)))
-
-    def to_gpu_if_available(self) -> VectorIndex:
-        """Move Flat/IVF indexes to the GPU when a GPU build of FAISS and a GPU are present."""
-        import faiss
-
-        if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0 or self.kind == "hnsw":
-            return self
-        res = faiss.StandardGpuResources()
-        return VectorIndex(faiss.index_cpu_to_gpu(res, 0, self.index), self.factory)
+        flags = (faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY) if mmap else 0
+        try:
+            return cls(faiss.read_index(str(path), flags), factory)
+        except RuntimeError as exc:
+            if not path.exists():
+                raise FileNotFoundError(path) from exc
+            raise LibraryError(f"cannot read the index {path}: {str(exc).splitlines()[0]} "
+                               "(`searchlite reindex` rebuilds it from the stored vectors)") from exc

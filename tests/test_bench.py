@@ -9,17 +9,17 @@ import pytest
 from typer.testing import CliRunner
 
 from searchlite.cli.main import app
-from searchlite.demo import _generator
 from searchlite.evaluation.datasets import read_captions, read_labelled
 from searchlite.evaluation.metrics import retrieval_metrics
 from searchlite.imaging import load_image
 from searchlite.models import load_embedder
+from searchlite.sample_data import generate as sample_generate
 
 
 @pytest.fixture(scope="module")
 def captioned(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench") / "set"
-    _generator().generate(folder, 40, 3, "test")
+    sample_generate.generate(folder, 40, 3, "test")
     return folder
 
 

@@ -40,10 +40,10 @@ def test_calibrate_command_stores_parameters_used_by_search(tmp_path, hf_clip):
     from typer.testing import CliRunner
 
     from searchlite.cli.main import app
-    from searchlite.demo import _generator
+    from searchlite.sample_data import generate as sample_generate
 
     data = tmp_path / "set"
-    _generator().generate(data, 30, 1, "test")
+    sample_generate.generate(data, 30, 1, "test")
     spec = f"hf:{hf_clip}"
     runner = CliRunner()
     lib = tmp_path / "lib"

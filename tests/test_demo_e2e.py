@@ -10,12 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from searchlite.cli.main import app
-from searchlite.demo import _generator
 from searchlite.evaluation.bench import run_bench
 from searchlite.evaluation.datasets import read_captions
 from searchlite.library import Library
 from searchlite.models.registry import demo_model_dir
 from searchlite.rerank import compare, rerank, rescore
+from searchlite.sample_data import generate as sample_generate
 
 pytestmark = pytest.mark.skipif(not (demo_model_dir() / "model.safetensors").is_file(),
                                 reason="demo model not built (python sample_data/train_demo.py sample_data/demo-model)")
@@ -27,7 +27,7 @@ TEST_SEED = 4242  # training uses the 'train' split; test renders use other seed
 def demo_library(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     images = root / "test"
-    _generator().generate(images, 300, TEST_SEED, "test")
+    sample_generate.generate(images, 300, TEST_SEED, "test")
     lib = Library(root / "lib", device="cpu")
     lib.index([images], ["demo"])
     return lib, images

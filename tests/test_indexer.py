@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from searchlite.catalog import Embedding, ImageRow
+from searchlite.catalog import ImageRow, VectorRow
 from searchlite.library import Library
 
 
@@ -37,7 +37,7 @@ def _photos(folder: Path, n: int, size: tuple[int, int]) -> None:
 def _counts(lib: Library) -> tuple[int, int]:
     with lib.catalog.Session() as s:
         images = s.scalar(select(func.count()).select_from(ImageRow).where(ImageRow.status == "ok"))
-        vectors = s.scalar(select(func.count()).select_from(Embedding))
+        vectors = s.scalar(select(func.count()).select_from(VectorRow))
     return images, vectors
 
 
@@ -62,7 +62,7 @@ def test_incremental_add_modify_rename_delete(tmp_path, hf_siglip):
     assert (stats.added, stats.updated, stats.moved, stats.removed, stats.unchanged) == (0, 0, 0, 0, 6)
     assert sorted(p.name for p in (tmp_path / "lib" / "vectors").rglob("*.faiss")) == index_files
 
-    # rename keeps the id (and vector); modify gets a new id; delete disappears; new file added
+    # rename keeps the id (and vector); modify keeps the id with a new vector; delete disappears; new file added
     (photos / "sub").mkdir()
     os.rename(photos / "p0.png", photos / "sub" / "renamed.png")
     _photo(photos / "p1.png", 100)
@@ -73,7 +73,13 @@ def test_incremental_add_modify_rename_delete(tmp_path, hf_siglip):
     assert _counts(lib) == (6, 6)
     after = {r.path: r.image_id for r in lib.search("x", spec, k=10)}
     assert after[str(photos / "sub" / "renamed.png")] == first_ids[str(photos / "p0.png")]
-    assert after[str(photos / "p1.png")] != first_ids[str(photos / "p1.png")]
+    assert after[str(photos / "p1.png")] == first_ids[str(photos / "p1.png")]
+    from searchlite.imaging import load_image
+
+    emb = lib.embedder(spec)
+    fresh = emb.embed_images([load_image(photos / "p1.png", target_size=emb.image_size).image])[0]
+    stored = lib.stored_vectors(lib.model_row(spec), [after[str(photos / "p1.png")]])
+    np.testing.assert_allclose(stored[after[str(photos / "p1.png")]], fresh, atol=1e-6)
     assert str(photos / "p2.png") not in after and str(photos / "p6.png") in after
     assert len(after) == 6
 
@@ -191,7 +197,7 @@ def _vector_count(lib_dir: Path) -> int:
 
     try:
         with sqlite3.connect(f"file:{lib_dir / 'catalog.sqlite'}?mode=ro", uri=True, timeout=1) as conn:
-            return conn.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+            return conn.execute("SELECT count(*) FROM vectors").fetchone()[0]
     except sqlite3.Error:
         return 0
 
@@ -222,7 +228,8 @@ def test_kill_9_mid_run_then_resume_without_duplicates(tmp_path, hf_siglip):
     results = lib.search("x", spec, k=1000)
     assert len(results) == 300 and len({r.image_id for r in results}) == 300
     row = lib.model_row(spec)
-    assert lib.vector_index(row).ntotal == 300
+    index = lib.model_index(row)
+    assert index.live == 300 and index.store.committed == 300  # nothing duplicated in the store either
 
 
 def test_search_during_indexing_answers_from_committed_state(tmp_path, hf_siglip):
@@ -277,6 +284,6 @@ def test_one_index_run_at_a_time(tmp_path, hf_siglip):
     _photo(tmp_path / "photos" / "a.png", 1)
     with open(tmp_path / "lib" / "index.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
-        with pytest.raises(LibraryError, match="another `searchlite index`"):
+        with pytest.raises(LibraryError, match="another searchlite process is writing"):
             lib.index([tmp_path / "photos"], [f"hf:{hf_siglip}"])
     assert lib.index([tmp_path / "photos"], [f"hf:{hf_siglip}"]).added == 1

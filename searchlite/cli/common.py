@@ -39,7 +39,6 @@ def remote(library: Path | None, command: str, args: dict):
     from searchlite import server
     from searchlite.config import default_library
 
-    args = {**args, "cwd": os.getcwd()}  # relative image terms resolve as they would in-process
     reply = server.request(library.expanduser() if library else default_library(), command, args)
     if reply is None:
         return None

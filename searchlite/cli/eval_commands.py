@@ -13,13 +13,14 @@ from searchlite.cli.common import DeviceOpt, JsonOpt, LibraryOpt, Progress, app,
 
 
 def _bench_library(dataset: Path, library: Path | None, device: str):
+    """The library that caches a dataset's embeddings (default: one per dataset in the cache dir)."""
     import hashlib
 
-    from platformdirs import user_cache_dir
+    from searchlite.config import cache_dir
 
     if library is None:
         key = hashlib.sha256(str(dataset.expanduser().resolve()).encode()).hexdigest()[:16]
-        library = Path(user_cache_dir("searchlite", appauthor=False)) / "bench" / key
+        library = cache_dir() / "bench" / key
     return open_library(library, device, create=True)
 
 
@@ -90,16 +91,17 @@ def calibrate(
     split: Annotated[str | None, typer.Option("--split")] = None,
     device: DeviceOpt = "auto",
     library: LibraryOpt = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Library that caches the dataset's embeddings "
+                                                "(default: under $SEARCHLITE_CACHE or the user cache dir).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit Platt scaling (probability = sigmoid(a*cos + b)) for a model and store it in the library."""
-    from searchlite.calibration import calibrate as run_calibrate
     from searchlite.evaluation.datasets import read_captions
 
     ds = read_captions(dataset, images, split)
     target = open_library(library, device, create=True)
-    report = run_calibrate(_bench_library(dataset, None, device), ds, model, target=target, negatives=negatives,
-                           template=template)
+    report = target.calibrate(ds, model, _bench_library(dataset, cache, device), negatives=negatives,
+                              template=template)
     if as_json:
         print(json.dumps(report, indent=1))
         return
@@ -118,13 +120,12 @@ def demo(
     device: DeviceOpt = "auto",
 ) -> None:
     """Offline end-to-end demo: sample images + bundled model -> index, search, similar, bench."""
-    from platformdirs import user_cache_dir
-
+    from searchlite.config import cache_dir
     from searchlite.demo import run_demo
 
     progress = Progress("indexing")
     try:
-        run_demo(workdir or Path(user_cache_dir("searchlite", appauthor=False)) / "demo", count, device=device,
+        run_demo(workdir or cache_dir() / "demo", count, device=device,
                  progress=progress, before_queries=progress.close)
     finally:
         progress.close()
@@ -137,5 +138,5 @@ def models() -> None:
 
     for alias, spec in ALIASES.items():
         print(f"{alias:12} {spec}")
-    print(f"{DEMO_ALIAS:12} the bundled demo model (sample_data/demo-model)")
+    print(f"{DEMO_ALIAS:12} the bundled demo model (searchlite/sample_data/demo-model)")
     print("\nspecs: hf:<hub id or folder> | openclip:<arch>@<tag or checkpoint file> | openclip:<folder>")

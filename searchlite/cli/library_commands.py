@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -87,27 +88,25 @@ def search(
     as_json: JsonOpt = False,
 ) -> None:
     """Text-to-image search (optionally re-ranked by a second model)."""
+    from searchlite.query import check_template
+
+    check_template(template)
     filters = parse_filters(folder, glob, after, before, min_width, min_height, fmt)
     if not rerank:
-        served = _search_remote(library, text, model, k, template, ensemble, min_prob, sort, filters)
+        served = remote(library, "search", {"text": text, "model": model, "k": k, "template": template,
+                                            "ensemble": ensemble, "min_prob": min_prob, "sort": sort,
+                                            "filters": filters.to_json(), "cwd": os.getcwd()})
         if served is not None:
             print_results(served, as_json, paths, f'"{text}"')
             return
     lib = open_library(library, device)
     if rerank:
-        from searchlite.rerank import rerank as run_rerank
-
-        results = run_rerank(lib, text, model, rerank, k, candidates, fusion, template, filters, min_prob)
+        results = lib.rerank(text, model, rerank, k, candidates=candidates, fusion=fusion, template=template,
+                             filters=filters, min_prob=min_prob, ensemble=ensemble, sort=sort)
     else:
         results = lib.search(text, model, k, template=template, min_prob=min_prob, sort=sort, filters=filters,
                              ensemble=ensemble)
     print_results(results, as_json, paths, f'"{text}"')
-
-
-def _search_remote(library, text, model, k, template, ensemble, min_prob, sort, filters):
-    return remote(library, "search", {"text": text, "model": model, "k": k, "template": template,
-                                       "ensemble": ensemble, "min_prob": min_prob, "sort": sort,
-                                       "filters": filters.to_json()})
 
 
 @app.command()
@@ -117,15 +116,15 @@ def compare(
     k: Annotated[int, typer.Option("-k", "--top", min=1)] = 10,
     candidates: Annotated[int, typer.Option("--candidates", min=1)] = 100,
     shared: Annotated[bool, typer.Option("--shared-pool", help="Every model re-scores the first model's pool.")] = False,
+    template: Annotated[str | None, typer.Option("--template", help="Prompt template for every model.")] = None,
     device: DeviceOpt = "auto",
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Side-by-side top-k of several models, with where they agree."""
-    from searchlite.rerank import compare as run_compare
-
     specs = [m.strip() for m in models.split(",") if m.strip()]
-    out = run_compare(open_library(library, device), text, specs, k, candidates, shared)
+    out = open_library(library, device).compare(text, specs, k, candidates=candidates, shared_pool=shared,
+                                                template=template)
     if as_json:
         print(json.dumps({spec: [r.as_dict() for r in res] for spec, res in out.items()}, indent=1))
         return
@@ -189,8 +188,13 @@ def status(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
     print("images: " + ", ".join(f"{k} {v}" for k, v in sorted(info["images"].items())) if info["images"]
           else "images: none")
     for m in info["models"]:
-        print(f"model {m['model']} ({m['family']}, d={m['dim']}): {info['vectors'].get(m['model_id'], 0)} vectors, "
-              f"index {m['index']} ({m['index_type']}){', calibrated' if m['calibrated'] else ''}")
+        count = info["vectors"].get(m["model_id"], 0)
+        if not m["indexed"]:
+            print(f"model {m['model']} ({m['family']}, d={m['dim']}): not indexed ({count} vectors cached for "
+                  f"re-scoring){', calibrated' if m['calibrated'] else ''}")
+            continue
+        print(f"model {m['model']} ({m['family']}, d={m['dim']}): {count} vectors, index {m['index']} "
+              f"({m['index_type']}, {m['stale']} deleted awaiting compaction){', calibrated' if m['calibrated'] else ''}")
 
 
 @app.command()
@@ -219,3 +223,48 @@ def reindex(
         raise typer.BadParameter(f"--index must be one of {', '.join(INDEX_TYPES)}")
     factory = open_library(library).reindex(model, index_type)
     print(f"rebuilt: {factory}")
+
+
+@app.command()
+def compact(model: ModelOpt = None, library: LibraryOpt = None) -> None:
+    """Merge index segments and drop deleted images from them (index runs do this as they go)."""
+    for spec, description in open_library(library).compact(model).items():
+        print(f"{spec}: {description}")
+
+
+@app.command("import")
+def import_(
+    source: Annotated[Path, typer.Argument(help="A Parquet file or a folder of Parquet files.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="The model that computed the vectors.")],
+    root: Annotated[str | None, typer.Option("--root", help="Root folder (or URI prefix) for paths outside "
+                                             "every known root (default: each file's parent folder).")] = None,
+    device: DeviceOpt = "auto",
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import vectors computed elsewhere (Parquet: path, vector [, sha256, size, mtime_ns, width, height, taken_at])."""
+    lib = open_library(library, device, create=True)
+    progress = Progress("importing", disable=as_json)
+    try:
+        summary = lib.import_vectors(source, model, root=root, progress=progress)
+    finally:
+        progress.close()
+    if as_json:
+        print(json.dumps(summary, indent=1))
+        return
+    print(f"imported {summary['imported']} (added {summary['added']}, replaced {summary['replaced']}), "
+          f"skipped {summary['skipped']} bad rows in {summary['seconds']:.1f}s; index {summary['index']}")
+    for problem in summary["problems"][:20]:
+        print(f"  {problem}")
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Argument(help="Parquet file to write (a folder of parts past 1M rows).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Whose vectors to export.")],
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a model's vectors and image metadata as Parquet (the import schema)."""
+    summary = open_library(library).export_vectors(model, out)
+    print(json.dumps(summary, indent=1) if as_json else f"exported {summary['rows']} vectors to {summary['path']}")

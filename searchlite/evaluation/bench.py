@@ -13,7 +13,7 @@ import numpy as np
 from searchlite.errors import DatasetError
 from searchlite.evaluation.datasets import CaptionDataset
 from searchlite.evaluation.metrics import retrieval_metrics
-from searchlite.query import calibration, sigmoid
+from searchlite.query import calibration, check_template, sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def dataset_vectors(library, dataset: CaptionDataset, spec: str) -> np.ndarray:
     for path in dataset.images:
         found = library.catalog.find_image(path)
         ids.append(found.id if found is not None else None)
-    vecs = library.catalog.vectors_for(row.id, [i for i in ids if i is not None])
+    vecs = library.stored_vectors(row, [i for i in ids if i is not None])
     out = np.zeros((len(ids), row.dim), dtype=np.float32)
     missing = 0
     for n, image_id in enumerate(ids):
@@ -60,6 +60,18 @@ def probability_summary(model, scores: np.ndarray, relevant: Sequence[Sequence[i
     return {"median_positive": float(np.median(probs[mask])), "median_negative": float(np.median(probs[~mask]))}
 
 
+class _LibraryIndex:
+    """The library's own index (segments + exact tail) behind the interface ``_ann_one`` uses."""
+
+    def __init__(self, index) -> None:
+        self.index = index
+        self.factory = index.describe()
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, rows = self.index.search(q[0], k)
+        return scores[None, :], rows[None, :]
+
+
 def _ann_one(index, queries: np.ndarray, truth_ids: np.ndarray, k: int) -> dict[str, float]:
     latencies, found = [], []
     for q in queries:
@@ -81,15 +93,15 @@ def ann_quality(library, spec: str, queries: np.ndarray, k: int = 10,
     from searchlite.vectors import VectorIndex
 
     row = library.model_row(spec)
-    chunks = list(library.catalog.iter_vectors(row.id))
-    ids = np.concatenate([c[0] for c in chunks])
-    vecs = np.concatenate([c[1] for c in chunks])
+    index = library.model_index(row)
+    ids = np.concatenate(list(library.catalog.live_rows(row.id)))
+    vecs = index.store.get(ids)
     exact = faiss.IndexFlatIP(vecs.shape[1])
     exact.add(vecs)
     kk = min(k, len(ids))
     _, truth = exact.search(queries, kk)
     truth_ids = ids[truth]
-    out: dict = _ann_one(library.vector_index(row), queries, truth_ids, kk)
+    out: dict = _ann_one(_LibraryIndex(index), queries, truth_ids, kk)
     out["vectors"] = int(len(ids))
     out["by_type"] = {}
     for kind in types:
@@ -155,6 +167,7 @@ def run_bench(library, dataset: CaptionDataset, specs: Sequence[str], reranks: S
     """Benchmark models on a captioned dataset; returns the ``--json`` object."""
     if not dataset.images:
         raise DatasetError("the dataset has no images")
+    check_template(template)
     common = _common_folder(dataset.images)
     pairs = {pair: split_pair(pair, specs) for pair in reranks}
     needed = list(dict.fromkeys(list(specs) + [s for ab in pairs.values() for s in ab]))
@@ -165,9 +178,8 @@ def run_bench(library, dataset: CaptionDataset, specs: Sequence[str], reranks: S
                     "models": {}, "rerank": {}, "ann": {}}
     sims: dict[str, np.ndarray] = {}
     for spec in needed:
-        emb = library.embedder(spec)
         img = dataset_vectors(library, dataset, spec)
-        txt = emb.embed_texts([template.format(t) if template else t for t in texts])
+        txt = library.text_vectors(library.model_row(spec), [template.format(t) if template else t for t in texts])
         s = txt @ img.T
         sims[spec] = s
         if spec in specs:

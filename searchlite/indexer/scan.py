@@ -1,4 +1,11 @@
-"""Walk photo folders: image extensions (case-insensitive), hidden folders skipped, symlink loops cut."""
+"""Walk photo folders, and compare what is on disk with the catalog set-wise.
+
+The scan writes nothing for an unchanged file: every file found goes into a TEMP table of one
+connection held for the run (memory, not the catalog file); new files get a ``pending`` row,
+unreadable entries an ``error`` row, and everything else (changed, moved, deleted) is decided by
+SQL joins against that table. A no-op run over a million files costs the stat calls and a few
+set operations.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import and_, func, insert, select, text, update
+from sqlalchemy.engine import Connection
+
+from searchlite.catalog import Catalog, ImageRow, Root
 from searchlite.imaging import IMAGE_EXTENSIONS
+
+SCAN_CHUNK = 2000
 
 
 @dataclass(frozen=True)
@@ -66,3 +79,138 @@ def walk(root: Path, include_hidden: bool = False) -> Iterator[FileEntry]:
                 continue
             yield FileEntry(rel, stat.st_size, stat.st_mtime_ns)
         stack.extend(reversed(subdirs))
+
+
+def under(root_id: int, prefix: str):
+    """SQL condition: images of a root, inside a sub-folder prefix ('' = the whole root)."""
+    cond = ImageRow.root_id == root_id
+    return and_(cond, func.substr(ImageRow.relpath, 1, len(prefix)) == prefix) if prefix else cond
+
+
+class ScanTable:
+    """What one run found on disk, held in a TEMP table for set-wise comparison with the catalog.
+
+    ``state`` per file: 'new' (no row, or a pending row from an interrupted run), 'changed'
+    (size or mtime differs: it keeps answering with its old vector until a new one commits),
+    'same', or 'error'.
+    """
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.conn: Connection = catalog.engine.execution_options(write=True).connect()
+        self.conn.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS scan (root_id INTEGER, relpath TEXT, "
+                                  "size INTEGER, mtime_ns INTEGER, image_id INTEGER, state TEXT, "
+                                  "PRIMARY KEY (root_id, relpath)) WITHOUT ROWID")
+        self.conn.exec_driver_sql("DELETE FROM temp.scan")
+        self.conn.commit()
+        self.unchanged = 0
+
+    def close(self) -> None:
+        self.conn.exec_driver_sql("DROP TABLE IF EXISTS temp.scan")
+        self.conn.commit()
+        self.conn.close()
+
+    def add(self, root_id: int, entries: list[FileEntry]) -> None:
+        """Classify a chunk of files against the catalog; writes rows only for new and unreadable files."""
+        conn = self.conn
+        rel = [e.relpath for e in entries]
+        existing = {r.relpath: r for r in conn.execute(
+            select(ImageRow.id, ImageRow.relpath, ImageRow.size, ImageRow.mtime_ns, ImageRow.status, ImageRow.error)
+            .where(ImageRow.root_id == root_id, ImageRow.relpath.in_(rel)))}
+        scanned, fresh = [], []
+        for e in entries:
+            row = existing.get(e.relpath)
+            if e.error:
+                if row is None:
+                    fresh.append(dict(root_id=root_id, relpath=e.relpath, size=-1, mtime_ns=0, status="error",
+                                      error=e.error))
+                elif row.status != "error" or row.error != e.error:
+                    conn.execute(update(ImageRow).where(ImageRow.id == row.id).values(status="error", error=e.error))
+                scanned.append((e, row.id if row else None, "error"))
+            elif row is None:
+                fresh.append(dict(root_id=root_id, relpath=e.relpath, size=e.size, mtime_ns=e.mtime_ns,
+                                  status="pending", error=None))
+                scanned.append((e, None, "new"))
+            elif row.status == "pending":
+                scanned.append((e, row.id, "new"))
+            elif row.size == e.size and row.mtime_ns == e.mtime_ns:
+                self.unchanged += 1
+                scanned.append((e, row.id, "same"))
+            else:
+                scanned.append((e, row.id, "changed"))
+        if fresh:
+            conn.execute(insert(ImageRow), fresh)
+            ids = dict(conn.execute(select(ImageRow.relpath, ImageRow.id).where(
+                ImageRow.root_id == root_id, ImageRow.relpath.in_([f["relpath"] for f in fresh]))).tuples().all())
+            scanned = [(e, image_id if image_id is not None else ids.get(e.relpath), state)
+                       for e, image_id, state in scanned]
+        conn.execute(text("INSERT OR REPLACE INTO temp.scan VALUES (:root_id, :relpath, :size, :mtime_ns, "
+                          ":image_id, :state)"),
+                     [dict(root_id=root_id, relpath=e.relpath, size=e.size, mtime_ns=e.mtime_ns, image_id=image_id,
+                           state=state) for e, image_id, state in scanned])
+        conn.commit()
+
+    @staticmethod
+    def _missing(root_id: int, prefix: str):
+        """SQL condition: catalog images under a scanned root that the scan did not find."""
+        on_disk = select(text("1")).select_from(text("temp.scan AS s")).where(
+            text("s.root_id = images.root_id AND s.relpath = images.relpath")).exists()
+        return and_(under(root_id, prefix), ~on_disk)
+
+    def vanished(self, scanned: list[tuple[int, str]]) -> dict[str, int]:
+        """sha256 -> image id of indexed images under the scanned roots that are no longer on disk
+        (candidates for a move: a new file with the same content keeps their id and vectors)."""
+        out: dict[str, int] = {}
+        for root_id, prefix in scanned:
+            for sha, image_id in self.conn.execute(select(ImageRow.sha256, ImageRow.id).where(
+                    self._missing(root_id, prefix), ImageRow.status == "ok", ImageRow.sha256.is_not(None))):
+                out.setdefault(sha, image_id)
+        self.conn.rollback()
+        return out
+
+    def sweep(self, scanned: list[tuple[int, str]]) -> list[int]:
+        """Delete the rows of files gone from disk (their vectors become tombstones)."""
+        gone: list[int] = []
+        for root_id, prefix in scanned:
+            ids = list(self.conn.scalars(select(ImageRow.id).where(self._missing(root_id, prefix))))
+            for start in range(0, len(ids), 900):
+                self.conn.execute(ImageRow.__table__.delete().where(ImageRow.id.in_(ids[start:start + 900])))
+            gone += ids
+        self.conn.commit()
+        return gone
+
+    def work(self, after_id: int, limit: int) -> list:
+        """Scanned files that need decoding, by image id: new, changed, or lacking a vector
+        (the caller checks which models lack one)."""
+        rows = self.conn.execute(text(
+            "SELECT s.image_id, s.state, s.size, s.mtime_ns, i.sha256, i.relpath, i.root_id FROM temp.scan s "
+            "JOIN images i ON i.id = s.image_id WHERE s.image_id > :after AND s.state != 'error' "
+            "ORDER BY s.image_id LIMIT :limit"), {"after": after_id, "limit": limit}).all()
+        self.conn.rollback()
+        return rows
+
+    def count(self, state: str) -> int:
+        n = self.conn.execute(text("SELECT count(*) FROM temp.scan WHERE state = :s"), {"s": state}).scalar()
+        self.conn.rollback()
+        return int(n or 0)
+
+
+def resolve_root(catalog: Catalog, folder: Path) -> tuple[int, str]:
+    """The catalog root for a folder and the relpath prefix of the folder inside it.
+
+    A folder inside a known root is indexed as part of that root (no duplicate rows); a folder
+    that contains known roots adopts them, so their images keep their ids and vectors.
+    """
+    with catalog.WriteSession.begin() as s:
+        roots = {r.id: Path(r.path) for r in s.scalars(select(Root)) if "://" not in r.path}
+        for root_id, path in roots.items():
+            if folder != path and folder.is_relative_to(path):
+                return root_id, folder.relative_to(path).as_posix() + "/"
+        root_id = catalog.root_id(s, folder)
+        for child_id, path in roots.items():
+            if path != folder and path.is_relative_to(folder):
+                prefix = path.relative_to(folder).as_posix() + "/"
+                s.execute(update(ImageRow).where(ImageRow.root_id == child_id).values(
+                    root_id=root_id, relpath=prefix + ImageRow.relpath))
+                s.execute(Root.__table__.delete().where(Root.id == child_id))
+        return root_id, ""

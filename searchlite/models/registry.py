@@ -31,11 +31,13 @@ DEMO_ALIAS = "demo"
 
 
 def demo_model_dir() -> Path:
-    """The bundled demo model (sample_data/demo-model in a source checkout, or $SEARCHLITE_DEMO_MODEL)."""
+    """The bundled demo model (package data, or $SEARCHLITE_DEMO_MODEL)."""
     env = os.environ.get("SEARCHLITE_DEMO_MODEL")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "sample_data" / "demo-model"
+    from searchlite.sample_data import DEMO_MODEL_DIR
+
+    return DEMO_MODEL_DIR
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,13 @@ class ModelSpec:
     model_id: str
 
     @property
+    def local_path(self) -> Path | None:
+        """The folder or checkpoint file this spec loads from, when it is local."""
+        if self.pretrained and Path(self.pretrained).is_absolute():
+            return Path(self.pretrained)
+        return Path(self.source) if Path(self.source).is_absolute() else None
+
+    @property
     def canonical(self) -> str:
         """A spec string that loads the same model from any working directory."""
         if self.model_id.startswith("demo#"):
@@ -56,6 +65,29 @@ class ModelSpec:
             return f"hf:{self.source}"
         return f"openclip:{self.source}" + (f"@{self.pretrained}" if self.pretrained else "")
 
+
+
+def fingerprint_of(model_id: str) -> str | None:
+    """The weights fingerprint in a local model's id ('hf:name#fp' -> 'fp'); None for hub ids."""
+    return model_id.rsplit("#", 1)[1] if "#" in model_id else None
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model ids name the same weights: equal ids, or local models with the same
+    fingerprint (a moved or renamed folder is the same model)."""
+    fa, fb = fingerprint_of(a), fingerprint_of(b)
+    return a == b or (fa is not None and fa == fb)
+
+
+def stored_spec_missing(spec: str) -> Path | None:
+    """For a spec stored in a library: its local folder or file when that no longer exists."""
+    backend, _, rest = spec.partition(":")
+    if backend not in ("hf", "openclip"):
+        return None
+    for part in rest.split("@"):
+        if part.startswith("/") and not Path(part).exists():
+            return Path(part)
+    return None
 
 
 def fingerprint(path: Path) -> str:

@@ -8,7 +8,7 @@ format ``searchlite bench`` reads.
 Splits: ``train`` and ``test`` draw from the same compositions (with different seeds); ``novel``
 uses only (colour, shape) pairs that never occur in ``train``/``test``.
 
-    python sample_data/generate.py OUT_DIR --count 300 --seed 7 --split test
+    python -m searchlite.sample_data.generate OUT_DIR --count 300 --seed 7 --split test
 """
 
 from __future__ import annotations

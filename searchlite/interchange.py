@@ -1,0 +1,305 @@
+"""Parquet import and export: the interchange format with the distributed indexer and other tools.
+
+Schema (one row per image; DuckDB, LanceDB, Spark and pandas read it as is):
+
+=============  ===========================================  ========
+column         type                                         required
+=============  ===========================================  ========
+path           string: absolute path or URI (s3://, gs://)  yes
+vector         list or fixed_size_list of float32/float16   yes
+sha256         string (hex)                                  no
+size           int64 (bytes)                                 no
+mtime_ns       int64                                         no
+width, height  int32                                         no
+taken_at       timestamp (wall-clock capture time)           no
+taken_offset   int16 (minutes east of UTC of taken_at)       no
+=============  ===========================================  ========
+
+Import reads streaming (one record batch at a time), L2-normalises, and commits each batch the
+way an index run does (store rows fsynced, then one catalog transaction). A path already in the
+library gets its vector for this model replaced. Bad rows are counted and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, insert, select
+
+from searchlite.catalog import Catalog, ImageRow, ModelRow, Root, VectorRow, join_path, utcnow
+from searchlite.errors import LibraryError
+from searchlite.store import VectorStore, VectorWriter
+from searchlite.store.builder import SegmentBuilder
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 65_536
+PART_ROWS = 1_000_000
+OPTIONAL = ("sha256", "size", "mtime_ns", "width", "height", "taken_at", "taken_offset")
+MAX_PROBLEMS = 100
+
+
+def _files(source: Path) -> list[Path]:
+    if source.is_file():
+        return [source]
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*.parquet") if p.is_file())
+        if files:
+            return files
+        raise LibraryError(f"no .parquet files in {source}")
+    raise LibraryError(f"no such file or folder: {source}")
+
+
+def _check_schema(path: Path, schema: Any) -> list[str]:
+    """The columns to read; a one-line error when the required ones are missing or mistyped."""
+    import pyarrow as pa
+
+    names = set(schema.names)
+    for required in ("path", "vector"):
+        if required not in names:
+            raise LibraryError(f"{path}: no '{required}' column (the import schema needs path and vector)")
+    if not (pa.types.is_string(schema.field("path").type) or pa.types.is_large_string(schema.field("path").type)):
+        raise LibraryError(f"{path}: column 'path' must be a string, not {schema.field('path').type}")
+    vtype = schema.field("vector").type
+    if not (pa.types.is_list(vtype) or pa.types.is_large_list(vtype) or pa.types.is_fixed_size_list(vtype)) or \
+            not (pa.types.is_float32(vtype.value_type) or pa.types.is_float16(vtype.value_type)):
+        raise LibraryError(f"{path}: column 'vector' must be a list of float32 or float16, not {vtype}")
+    return ["path", "vector"] + [c for c in OPTIONAL if c in names]
+
+
+def _vectors(column: Any, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, dim) float32 vectors, and a mask of the rows that have exactly ``dim`` values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_fixed_size_list(column.type):
+        ok = np.full(len(column), column.type.list_size == dim)
+    else:
+        ok = pc.fill_null(pc.list_value_length(column), -1).to_numpy(zero_copy_only=False) == dim
+    ok &= ~column.is_null().to_numpy(zero_copy_only=False)
+    out = np.zeros((len(column), dim), np.float32)
+    if ok.any():
+        values = pc.list_flatten(column.filter(pa.array(ok))).to_numpy(zero_copy_only=False)
+        out[ok] = values.astype(np.float32, copy=False).reshape(-1, dim)
+    return out, ok
+
+
+def _normalise_path(raw: Any) -> str | None:
+    if not isinstance(raw, str) or not raw.strip():
+        return None
+    if "://" in raw:
+        scheme, _, rest = raw.partition("://")
+        return f"{scheme}://{rest}" if rest.strip("/") else None
+    if not raw.startswith("/"):
+        return None
+    return os.path.normpath(raw)
+
+
+def _wall_clock(value: Any) -> tuple[datetime | None, int | None]:
+    if not isinstance(value, datetime):
+        return None, None
+    if value.tzinfo is None:
+        return value, None
+    offset = int(value.utcoffset().total_seconds() // 60)
+    return value.replace(tzinfo=None), offset
+
+
+class _Roots:
+    """Finds or creates the root of each imported path (an existing root containing it, else
+    --root, else its parent folder: a later `index` of a parent folder adopts such roots)."""
+
+    def __init__(self, catalog: Catalog, root: str | None) -> None:
+        self.catalog = catalog
+        self.root = root.rstrip("/") if root and root != "/" else root
+        self.cache: dict[str, int] = {}
+
+    def __call__(self, s, path: str) -> tuple[int, str]:
+        found = self.catalog.locate(path)
+        if found is not None:
+            return found
+        if self.root and path.startswith(self.root + "/"):
+            base = self.root
+        else:
+            base = path.rsplit("/", 1)[0] if "://" in path else str(PurePosixPath(path).parent)
+        root_id = self.cache.get(base)
+        if root_id is None:
+            root_id = self.cache[base] = self.catalog.root_id(s, base)
+        return root_id, path[len(base.rstrip("/")) + 1:]
+
+
+def import_parquet(catalog: Catalog, model: ModelRow, source: str | Path,
+                   root: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Import a Parquet file or folder of vectors for ``model`` (library lock held by the caller)."""
+    import pyarrow.parquet as pq
+
+    start = time.perf_counter()
+    files = _files(Path(source).expanduser())
+    readers = [(f, pq.ParquetFile(f)) for f in files]
+    columns = {f: _check_schema(f, r.schema_arrow) for f, r in readers}  # all schemas checked before any write
+    total = sum(r.metadata.num_rows for _, r in readers)
+    writer = VectorWriter(catalog, [model])
+    roots = _Roots(catalog, root)
+    summary: dict[str, Any] = {"rows": 0, "imported": 0, "added": 0, "replaced": 0, "skipped": 0, "problems": []}
+    for f, reader in readers:
+        for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=columns[f]):
+            _import_batch(catalog, model, writer, roots, batch, f, summary)
+            if progress:
+                progress(summary["rows"], total)
+    summary["index"] = SegmentBuilder(catalog, catalog.model(model.id), writer.stores[model.id]).maintain()
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    summary["problems"] = summary["problems"][:MAX_PROBLEMS]
+    return summary
+
+
+def _import_batch(catalog: Catalog, model: ModelRow, writer: VectorWriter, roots: _Roots, batch: Any, file: Path,
+                  summary: dict) -> None:
+    data = {name: batch.column(name).to_pylist() for name in batch.schema.names if name != "vector"}
+    vectors, ok = _vectors(batch.column("vector"), model.dim)
+    finite = np.isfinite(vectors).all(axis=1)
+    norms = np.linalg.norm(vectors, axis=1)
+    paths = [_normalise_path(p) for p in data["path"]]
+    first_row = summary["rows"]
+    summary["rows"] += len(paths)
+    keep: dict[str, int] = {}  # path -> row in batch (the last one wins within a batch)
+    for i, path in enumerate(paths):
+        reason = ("path must be absolute or a URI" if path is None else
+                  f"vector length is not {model.dim}" if not ok[i] else
+                  "vector has NaN or infinite values" if not finite[i] else
+                  "vector is all zeros" if norms[i] == 0 else None)
+        if reason:
+            summary["skipped"] += 1
+            if len(summary["problems"]) < MAX_PROBLEMS:
+                summary["problems"].append(f"{file.name} row {first_row + i}: {reason}")
+        else:
+            keep[path] = i
+    if not keep:
+        return
+    order = list(keep.values())
+    rows = writer.append(model.id, vectors[order] / norms[order, None])
+    now = utcnow()
+    try:
+        with catalog.WriteSession.begin() as s:
+            for (path, i), store_row in zip(keep.items(), rows):
+                root_id, relpath = roots(s, path)
+                fields = {key: data[key][i] for key in ("sha256", "size", "mtime_ns", "width", "height") if key in data}
+                taken, offset = _wall_clock(data.get("taken_at", [None] * len(paths))[i])
+                if "taken_offset" in data and data["taken_offset"][i] is not None:
+                    offset = data["taken_offset"][i]
+                if taken is not None:
+                    fields.update(taken_at=taken, taken_offset=offset, taken_source="import")
+                fields = {k: v for k, v in fields.items() if v is not None}
+                image_id = s.scalar(select(ImageRow.id).where(ImageRow.root_id == root_id, ImageRow.relpath == relpath))
+                if image_id is None:
+                    fields.setdefault("size", -1)
+                    fields.setdefault("mtime_ns", 0)
+                    image_id = s.scalar(insert(ImageRow).values(root_id=root_id, relpath=relpath, status="ok",
+                                                                indexed_at=now, **fields).returning(ImageRow.id))
+                    summary["added"] += 1
+                else:
+                    s.execute(ImageRow.__table__.update().where(ImageRow.id == image_id).values(
+                        status="ok", error=None, indexed_at=now, **fields))
+                    if s.execute(delete(VectorRow).where(VectorRow.model_ref == model.id,
+                                                         VectorRow.image_id == image_id)).rowcount:
+                        summary["replaced"] += 1
+                    else:
+                        summary["added"] += 1
+                s.execute(insert(VectorRow).values(model_ref=model.id, store_row=store_row, image_id=image_id))
+            writer.record(s)
+    except BaseException:
+        writer.rollback()
+        raise
+    writer.committed()
+    summary["imported"] += len(keep)
+
+
+def _export_rows(catalog: Catalog, model: ModelRow, chunk: int = BATCH_ROWS) -> Iterator[list]:
+    last = -1
+    cols = [VectorRow.store_row, Root.path.label("root"), ImageRow.relpath, ImageRow.sha256, ImageRow.size,
+            ImageRow.mtime_ns, ImageRow.width, ImageRow.height, ImageRow.taken_at, ImageRow.taken_offset]
+    while True:
+        with catalog.Session() as s:
+            rows = s.execute(select(*cols).join(ImageRow, ImageRow.id == VectorRow.image_id)
+                             .join(Root, Root.id == ImageRow.root_id)
+                             .where(VectorRow.model_ref == model.id, VectorRow.store_row > last)
+                             .order_by(VectorRow.store_row).limit(chunk)).all()
+        if not rows:
+            return
+        yield rows
+        last = rows[-1].store_row
+
+
+def export_schema(dim: int) -> Any:
+    import pyarrow as pa
+
+    return pa.schema([("path", pa.string()), ("vector", pa.list_(pa.float32(), dim)), ("sha256", pa.string()),
+                      ("size", pa.int64()), ("mtime_ns", pa.int64()), ("width", pa.int32()), ("height", pa.int32()),
+                      ("taken_at", pa.timestamp("us")), ("taken_offset", pa.int16())])
+
+
+class _Parts:
+    """Parquet output: one file, or ``part-NNNNN.parquet`` files of PART_ROWS rows; each file is
+    written under a temp name and renamed once complete."""
+
+    def __init__(self, out: Path, schema: Any, parts: bool) -> None:
+        self.out, self.schema, self.parts = out, schema, parts
+        self.writer: Any = None
+        self.tmp: Path | None = None
+        self.rows = self.count = 0
+
+    def write(self, table: Any) -> None:
+        import pyarrow.parquet as pq
+
+        if self.writer is None or (self.parts and self.rows >= PART_ROWS):
+            self.close()
+            target = self.out / f"part-{self.count:05d}.parquet" if self.parts else self.out
+            self.tmp = target.with_name(target.name + ".tmp")
+            self.writer, self.rows, self.count = pq.ParquetWriter(self.tmp, self.schema), 0, self.count + 1
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            os.replace(self.tmp, self.tmp.with_suffix(""))
+            self.writer = None
+
+
+def export_parquet(catalog: Catalog, model: ModelRow, store: VectorStore, out: Path) -> dict:
+    """Write every live vector of a model with its image's metadata (see the module docstring)."""
+    import pyarrow as pa
+
+    total = catalog.count_vectors(model.id)
+    schema = export_schema(model.dim)
+    parts = total > PART_ROWS
+    if parts:
+        out.mkdir(parents=True, exist_ok=True)
+    elif out.is_dir():
+        out = out / "vectors.parquet"
+    output = _Parts(out, schema, parts)
+    written = 0
+    for rows in _export_rows(catalog, model):
+        vectors = store.get(np.array([r.store_row for r in rows], dtype=np.int64))
+        output.write(pa.table({
+            "path": [join_path(r.root, r.relpath) for r in rows],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), model.dim),
+            "sha256": [r.sha256 for r in rows],
+            "size": [r.size if r.size is not None and r.size >= 0 else None for r in rows],
+            "mtime_ns": [r.mtime_ns or None for r in rows],
+            "width": [r.width for r in rows], "height": [r.height for r in rows],
+            "taken_at": [r.taken_at for r in rows], "taken_offset": [r.taken_offset for r in rows],
+        }, schema=schema))
+        written += len(rows)
+    if output.writer is None and output.count == 0:
+        output.write(schema.empty_table())  # an empty model still gives a valid file
+    output.close()
+    store.close()
+    return {"rows": written, "path": str(out), "model": model.spec, "dim": model.dim,
+            "exported_at": datetime.now(timezone.utc).isoformat()}

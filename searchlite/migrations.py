@@ -1,0 +1,124 @@
+"""Catalog schema migrations: explicit, ordered, each creating exactly its own version's schema.
+
+``STEPS[v]`` upgrades a version-``v`` catalog to ``v + 1`` inside one transaction (a fresh library
+runs every step from v0, so new and upgraded catalogs are built by the same statements). The DDL is
+written out rather than derived from the ORM classes: a later step that adds a column must not find
+it already there because ``create_all`` ran with the newest classes.
+
+v3 moves raw vectors out of SQLite into the vector store: the step below only creates the new
+tables; the rows of the legacy ``embeddings`` table are moved by
+:func:`searchlite.store.migrate.move_legacy_vectors` (resumable, chunk by chunk), which drops the
+table once it is empty.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+_V1 = """
+CREATE TABLE meta ("key" VARCHAR NOT NULL, value TEXT NOT NULL, PRIMARY KEY ("key"));
+CREATE TABLE roots (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, path VARCHAR NOT NULL,
+    added_at DATETIME NOT NULL, UNIQUE (path));
+CREATE TABLE models (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, model_id VARCHAR NOT NULL,
+    spec VARCHAR NOT NULL, dim INTEGER NOT NULL, family VARCHAR(8) NOT NULL, scale FLOAT NOT NULL,
+    bias FLOAT NOT NULL, template VARCHAR NOT NULL, index_type VARCHAR(16) NOT NULL, index_factory VARCHAR,
+    index_file VARCHAR, index_seq INTEGER NOT NULL, index_stale INTEGER NOT NULL, calib_a FLOAT,
+    calib_b FLOAT, calib_report TEXT, created_at DATETIME NOT NULL, UNIQUE (model_id));
+CREATE TABLE runs (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, started_at DATETIME NOT NULL,
+    finished_at DATETIME, stats TEXT);
+CREATE TABLE images (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, root_id INTEGER NOT NULL,
+    relpath VARCHAR NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 VARCHAR(64),
+    width INTEGER, height INTEGER, format VARCHAR(16), taken_at DATETIME, camera VARCHAR,
+    status VARCHAR(8) NOT NULL, error TEXT, seen_run INTEGER NOT NULL, indexed_at DATETIME,
+    UNIQUE (root_id, relpath), FOREIGN KEY(root_id) REFERENCES roots (id) ON DELETE CASCADE);
+CREATE INDEX ix_images_taken_at ON images (taken_at);
+CREATE INDEX ix_images_sha256 ON images (sha256);
+CREATE INDEX ix_images_status ON images (status);
+CREATE INDEX ix_images_root_id ON images (root_id);
+CREATE TABLE embeddings (seq INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, model_ref INTEGER NOT NULL,
+    image_id INTEGER NOT NULL, vector BLOB NOT NULL, UNIQUE (model_ref, image_id),
+    FOREIGN KEY(model_ref) REFERENCES models (id) ON DELETE CASCADE,
+    FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE);
+CREATE INDEX ix_embeddings_image_id ON embeddings (image_id);
+"""
+
+_V2 = "CREATE INDEX ix_embeddings_model_seq ON embeddings (model_ref, seq);"
+
+_V3 = """
+CREATE TABLE vectors (model_ref INTEGER NOT NULL, store_row INTEGER NOT NULL, image_id INTEGER NOT NULL,
+    PRIMARY KEY (model_ref, store_row), UNIQUE (model_ref, image_id),
+    FOREIGN KEY(model_ref) REFERENCES models (id) ON DELETE CASCADE,
+    FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE);
+CREATE INDEX ix_vectors_image_id ON vectors (image_id);
+CREATE TABLE tombstones (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, model_ref INTEGER NOT NULL,
+    store_row INTEGER NOT NULL, UNIQUE (model_ref, store_row));
+CREATE TRIGGER tr_vectors_tombstone AFTER DELETE ON vectors BEGIN
+    INSERT OR IGNORE INTO tombstones (model_ref, store_row) VALUES (old.model_ref, old.store_row); END;
+CREATE TABLE index_segments (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, model_ref INTEGER NOT NULL,
+    name VARCHAR NOT NULL, kind VARCHAR(8) NOT NULL, factory VARCHAR NOT NULL, row_lo INTEGER NOT NULL,
+    row_hi INTEGER NOT NULL, count INTEGER NOT NULL, trained_count INTEGER NOT NULL, created_at DATETIME NOT NULL,
+    UNIQUE (model_ref, name), FOREIGN KEY(model_ref) REFERENCES models (id) ON DELETE CASCADE);
+CREATE TABLE query_cache (model_ref INTEGER NOT NULL, "key" VARCHAR NOT NULL, vector BLOB NOT NULL,
+    used_at DATETIME NOT NULL, PRIMARY KEY (model_ref, "key"),
+    FOREIGN KEY(model_ref) REFERENCES models (id) ON DELETE CASCADE);
+ALTER TABLE models ADD COLUMN indexed BOOLEAN NOT NULL DEFAULT 1;
+ALTER TABLE models ADD COLUMN store_rows INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE models DROP COLUMN index_factory;
+ALTER TABLE models DROP COLUMN index_file;
+ALTER TABLE models DROP COLUMN index_seq;
+ALTER TABLE models DROP COLUMN index_stale;
+ALTER TABLE images DROP COLUMN seen_run;
+ALTER TABLE images ADD COLUMN taken_source VARCHAR(16);
+ALTER TABLE images ADD COLUMN taken_offset INTEGER;
+ALTER TABLE images ADD COLUMN companion VARCHAR;
+UPDATE images SET taken_source = 'exif' WHERE taken_at IS NOT NULL;
+UPDATE images SET taken_at = datetime(mtime_ns / 1000000000, 'unixepoch', 'localtime'), taken_source = 'mtime'
+    WHERE taken_at IS NULL AND mtime_ns > 0;
+CREATE INDEX ix_images_format ON images (format);
+"""
+
+
+def statements(sql: str) -> list[str]:
+    """Split a script into complete SQL statements (a trigger body's inner ';' does not end it)."""
+    out, buffer = [], ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            out.append(buffer.strip())
+            buffer = ""
+    return out
+
+
+def _script(sql: str) -> Callable[[Connection], None]:
+    def run(conn: Connection) -> None:
+        for statement in statements(sql):
+            conn.exec_driver_sql(statement)
+
+    return run
+
+
+def _v2_to_v3(conn: Connection) -> None:
+    _script(_V3)(conn)
+    # a legacy table without vectors (a new library) has nothing to move: drop it here
+    if conn.exec_driver_sql("SELECT 1 FROM embeddings LIMIT 1").first() is None:
+        conn.exec_driver_sql("DROP TABLE embeddings")
+
+
+#: STEPS[v] upgrades a version-v catalog to v + 1. A release that changes the schema appends a step.
+STEPS: list[Callable[[Connection], None]] = [_script(_V1), _script(_V2), _v2_to_v3]
+
+
+def current_version(conn: Connection) -> int:
+    """The schema version of an open catalog (0 for an empty file)."""
+    if conn.execute(text("SELECT name FROM sqlite_master WHERE name = 'meta'")).first() is None:
+        return 0
+    row = conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).first()
+    return int(row[0]) if row else 0
+
+
+def set_version(conn: Connection, version: int) -> None:
+    conn.execute(text("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', :v)"), {"v": str(version)})

@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,25 +114,27 @@ def _wall_clock(value: Any) -> tuple[datetime | None, int | None]:
 
 class _Roots:
     """Finds or creates the root of each imported path (an existing root containing it, else
-    --root, else its parent folder: a later `index` of a parent folder adopts such roots)."""
+    --root, else its parent folder: a later `index` of a parent folder adopts such roots).
+    Looked up once per folder."""
 
     def __init__(self, catalog: Catalog, root: str | None) -> None:
         self.catalog = catalog
         self.root = root.rstrip("/") if root and root != "/" else root
-        self.cache: dict[str, int] = {}
+        self.folders: dict[str, tuple[int, str]] = {}  # folder -> (root id, relpath prefix)
 
     def __call__(self, s, path: str) -> tuple[int, str]:
-        found = self.catalog.locate(path)
-        if found is not None:
-            return found
-        if self.root and path.startswith(self.root + "/"):
-            base = self.root
-        else:
-            base = path.rsplit("/", 1)[0] if "://" in path else str(PurePosixPath(path).parent)
-        root_id = self.cache.get(base)
-        if root_id is None:
-            root_id = self.cache[base] = self.catalog.root_id(s, base)
-        return root_id, path[len(base.rstrip("/")) + 1:]
+        folder, _, name = path.rpartition("/")
+        known = self.folders.get(folder)
+        if known is None:
+            found = self.catalog.locate(path)
+            if found is not None:
+                known = (found[0], found[1][: len(found[1]) - len(name)])
+            else:
+                base = self.root if self.root and path.startswith(self.root + "/") else folder
+                prefix = path[len(base) + 1:len(path) - len(name)]
+                known = (self.catalog.root_id(s, base), prefix)
+            self.folders[folder] = known
+        return known[0], known[1] + name
 
 
 def import_parquet(catalog: Catalog, model: ModelRow, source: str | Path,
@@ -179,45 +181,68 @@ def _import_batch(catalog: Catalog, model: ModelRow, writer: VectorWriter, roots
             if len(summary["problems"]) < MAX_PROBLEMS:
                 summary["problems"].append(f"{file.name} row {first_row + i}: {reason}")
         else:
+            keep.pop(path, None)
             keep[path] = i
     if not keep:
         return
     order = list(keep.values())
-    rows = writer.append(model.id, vectors[order] / norms[order, None])
-    now = utcnow()
+    # L2-normalise, leaving vectors that already are unit length bit-for-bit (an export round-trips exactly)
+    scale = np.where(np.abs(norms[order] - 1.0) > 1e-6, norms[order], 1.0).astype(np.float32)
+    store_rows = writer.append(model.id, vectors[order] / scale[:, None])
     try:
         with catalog.WriteSession.begin() as s:
-            for (path, i), store_row in zip(keep.items(), rows):
-                root_id, relpath = roots(s, path)
-                fields = {key: data[key][i] for key in ("sha256", "size", "mtime_ns", "width", "height") if key in data}
-                taken, offset = _wall_clock(data.get("taken_at", [None] * len(paths))[i])
-                if "taken_offset" in data and data["taken_offset"][i] is not None:
-                    offset = data["taken_offset"][i]
-                if taken is not None:
-                    fields.update(taken_at=taken, taken_offset=offset, taken_source="import")
-                fields = {k: v for k, v in fields.items() if v is not None}
-                image_id = s.scalar(select(ImageRow.id).where(ImageRow.root_id == root_id, ImageRow.relpath == relpath))
-                if image_id is None:
-                    fields.setdefault("size", -1)
-                    fields.setdefault("mtime_ns", 0)
-                    image_id = s.scalar(insert(ImageRow).values(root_id=root_id, relpath=relpath, status="ok",
-                                                                indexed_at=now, **fields).returning(ImageRow.id))
-                    summary["added"] += 1
-                else:
-                    s.execute(ImageRow.__table__.update().where(ImageRow.id == image_id).values(
-                        status="ok", error=None, indexed_at=now, **fields))
-                    if s.execute(delete(VectorRow).where(VectorRow.model_ref == model.id,
-                                                         VectorRow.image_id == image_id)).rowcount:
-                        summary["replaced"] += 1
-                    else:
-                        summary["added"] += 1
-                s.execute(insert(VectorRow).values(model_ref=model.id, store_row=store_row, image_id=image_id))
+            image_ids = _upsert_images(s, roots, keep, data)
+            replaced = s.execute(delete(VectorRow).where(VectorRow.model_ref == model.id,
+                                                         VectorRow.image_id.in_(image_ids))).rowcount
+            s.execute(insert(VectorRow), [dict(model_ref=model.id, store_row=r, image_id=i)
+                                          for r, i in zip(store_rows, image_ids)])
             writer.record(s)
     except BaseException:
         writer.rollback()
         raise
     writer.committed()
+    summary["replaced"] += replaced
+    summary["added"] += len(keep) - replaced
     summary["imported"] += len(keep)
+
+
+def _upsert_images(s, roots: _Roots, keep: dict[str, int], data: dict) -> list[int]:
+    """Image ids for the kept paths (in order): existing rows are updated, new ones inserted."""
+    now = utcnow()
+    located = [roots(s, path) for path in keep]
+    rows = []
+    for (root_id, relpath), i in zip(located, keep.values()):
+        fields = {key: data[key][i] for key in ("sha256", "size", "mtime_ns", "width", "height") if key in data}
+        taken, offset = _wall_clock(data["taken_at"][i]) if "taken_at" in data else (None, None)
+        if "taken_offset" in data and data["taken_offset"][i] is not None:
+            offset = data["taken_offset"][i]
+        if taken is not None:
+            fields.update(taken_at=taken, taken_offset=offset, taken_source="import")
+        rows.append((root_id, relpath, {k: v for k, v in fields.items() if v is not None}))
+    existing = _ids(s, [(r, rel) for r, rel, _ in rows])
+    for r, rel, fields in rows:
+        if (r, rel) in existing:
+            s.execute(ImageRow.__table__.update().where(ImageRow.id == existing[(r, rel)]).values(
+                status="ok", error=None, indexed_at=now, **fields))
+    columns = ("sha256", "size", "mtime_ns", "width", "height", "taken_at", "taken_offset", "taken_source")
+    fresh = [dict({c: None for c in columns}, root_id=r, relpath=rel, status="ok", error=None, indexed_at=now,
+                  **{"size": -1, "mtime_ns": 0, **fields}) for r, rel, fields in rows if (r, rel) not in existing]
+    if fresh:
+        s.execute(insert(ImageRow), fresh)
+        existing.update(_ids(s, [(f["root_id"], f["relpath"]) for f in fresh]))
+    return [existing[(r, rel)] for r, rel, _ in rows]
+
+
+def _ids(s, keys: list[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    """Image ids of (root id, relpath) pairs that have a row."""
+    out: dict[tuple[int, str], int] = {}
+    for root_id in {r for r, _ in keys}:
+        names = [rel for r, rel in keys if r == root_id]
+        for start in range(0, len(names), 900):
+            out.update({(root_id, rel): image_id for rel, image_id in s.execute(
+                select(ImageRow.relpath, ImageRow.id).where(ImageRow.root_id == root_id,
+                                                            ImageRow.relpath.in_(names[start:start + 900])))})
+    return out
 
 
 def _export_rows(catalog: Catalog, model: ModelRow, chunk: int = BATCH_ROWS) -> Iterator[list]:

@@ -158,13 +158,13 @@ class Library:
         return out
 
     def import_vectors(self, source: str | Path, model: str, *, root: str | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> dict:
+                       index_type: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
         """Import vectors computed elsewhere from Parquet (see :mod:`searchlite.interchange`)."""
         from searchlite.interchange import import_parquet
 
         emb = self.embedder(model)
         with library_lock(self.path, "import"):
-            row = self.register(model, emb, indexed=True)
+            row = self.register(model, emb, indexed=True, index_type=index_type)
             return import_parquet(self.catalog, row, source, root=root, progress=progress)
 
     def export_vectors(self, model: str, out: str | Path) -> dict:

@@ -60,7 +60,7 @@ def factory_string(kind: str, n: int, dim: int) -> str:
         return f"IVF{nlist_for(n)},Flat"
     if kind == "ivfpq":
         m = next(m for m in (dim // 8, dim // 4, dim // 2, dim, 1) if m and dim % m == 0)
-        nbits = max(1, min(8, int(math.log2(max(n, 2))) - 2))
+        nbits = max(1, min(8, int(math.log2(max(n // 39, 2)))))  # >= 39 training points per PQ centroid
         return f"IVF{nlist_for(n)},PQ{m}x{nbits}"
     raise ValueError(f"unknown index type {kind!r}; choose one of {', '.join(INDEX_TYPES)}")
 

@@ -13,6 +13,39 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny_models  # noqa: E402
 
+_ISOLATED = ("SEARCHLITE_CACHE", "SEARCHLITE_LIBRARY", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR",
+             "HF_HOME", "TORCH_HOME")
+_HOME: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point every per-user location (caches, default library, runtime dir, model caches) into a
+    temporary folder, for this process and the subprocesses tests start: no test writes outside tmp."""
+    import os
+    import tempfile
+
+    global _HOME
+    _HOME = Path(tempfile.mkdtemp(prefix="searchlite-tests-"))
+    for name in _ISOLATED:
+        folder = _HOME / name.lower()
+        folder.mkdir(mode=0o700)
+        os.environ[name] = str(folder)
+    os.environ.pop("SEARCHLITE_MODEL", None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    if _HOME is not None:
+        shutil.rmtree(_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def isolated_home() -> Path:
+    """The temporary folder that stands in for the user's caches and data dirs during tests."""
+    assert _HOME is not None
+    return _HOME
+
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -22,6 +55,12 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def hf_siglip(tiny_dir: Path) -> Path:
     return tiny_models.build_siglip(tiny_dir / "siglip")
+
+
+@pytest.fixture(scope="session")
+def hf_siglip_mask(tiny_dir: Path) -> Path:
+    """A SigLIP whose tokenizer emits an attention mask (transformers 5 defaults)."""
+    return tiny_models.build_siglip(tiny_dir / "siglip-mask", seed=1, attention_mask=True)
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ def _reference_image(path: Path) -> Image.Image:
 
 
 def _hf_reference(folder: Path, images: list[Image.Image], texts: list[str], family: str):
+    """Model(**inputs) with exactly what the checkpoint's own tokenizer and processor emit."""
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(folder).eval()
@@ -31,17 +32,16 @@ def _hf_reference(folder: Path, images: list[Image.Image], texts: list[str], fam
     tokenizer = AutoTokenizer.from_pretrained(folder)
     kwargs = {"padding": "max_length", "max_length": 64} if family in ("siglip", "align") else {"padding": True}
     text_inputs = tokenizer(texts, return_tensors="pt", **kwargs)
-    if family == "siglip":
-        text_inputs.pop("attention_mask", None)
     with torch.no_grad():
         out = model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"], **text_inputs)
     return out
 
 
-@pytest.mark.parametrize("family", ["siglip", "clip", "align"])
+@pytest.mark.parametrize("family", ["siglip", "siglip_mask", "clip", "align"])
 def test_hf_parity_with_model_and_processor(family, request, sample_images):
     folder = request.getfixturevalue(f"hf_{family}")
     emb = load_embedder(f"hf:{folder}", device="cpu")
+    family = family.split("_")[0]
     assert emb.family == family
 
     ours_img = emb.embed_images([load_image(p, draft=False).image for p in sample_images])
@@ -62,11 +62,12 @@ def test_hf_parity_with_model_and_processor(family, request, sample_images):
     np.testing.assert_allclose(logits, ref.logits_per_image.numpy(), atol=1e-4, rtol=ATOL)
 
 
-@pytest.mark.parametrize("family", ["siglip", "clip", "align"])
+@pytest.mark.parametrize("family", ["siglip", "siglip_mask", "clip", "align"])
 def test_hf_parity_with_zero_shot_pipeline(family, request, sample_images):
     from transformers import AutoImageProcessor, pipeline
 
     folder = request.getfixturevalue(f"hf_{family}")
+    family = family.split("_")[0]
     emb = load_embedder(f"hf:{folder}", device="cpu")
     labels = ["cat", "dog", "red car"]
     template = emb.template
@@ -134,3 +135,18 @@ def test_score_params_match_checkpoint(hf_siglip, hf_clip, hf_align):
     assert load_embedder(f"hf:{hf_clip}", device="cpu").score.scale == pytest.approx(clip.logit_scale.exp().item())
     align = AutoModel.from_pretrained(hf_align)
     assert load_embedder(f"hf:{hf_align}", device="cpu").score.scale == pytest.approx(1 / align.temperature.item())
+
+
+def test_both_kinds_of_siglip_tokenizer_are_covered(hf_siglip, hf_siglip_mask):
+    """The two SigLIP fixtures differ exactly in whether the tokenizer emits a mask, and the mask
+    matters: without it the embedding of a padded text moves."""
+    from transformers import AutoTokenizer
+
+    assert "attention_mask" not in AutoTokenizer.from_pretrained(hf_siglip)(["a cat"])
+    assert "attention_mask" in AutoTokenizer.from_pretrained(hf_siglip_mask)(["a cat"])
+    emb = load_embedder(f"hf:{hf_siglip_mask}", device="cpu")
+    enc = emb.tokenizer(["a photo of a cat"], return_tensors="pt", padding="max_length", max_length=64)
+    with torch.no_grad():
+        unmasked = emb.model.get_text_features(input_ids=enc["input_ids"]).pooler_output
+    unmasked = torch.nn.functional.normalize(unmasked, dim=-1).numpy()
+    assert not np.allclose(emb.embed_texts(["a photo of a cat"]), unmasked, atol=1e-3)

@@ -43,15 +43,18 @@ def make_sentencepiece(folder: Path, vocab_size: int = 96) -> Path:
     return prefix.with_suffix(".model")
 
 
-def build_siglip(folder: Path, seed: int = 0, image_size: int = 30) -> Path:
-    """A tiny random SiglipModel + SiglipProcessor saved with save_pretrained."""
+def build_siglip(folder: Path, seed: int = 0, image_size: int = 30, attention_mask: bool = False) -> Path:
+    """A tiny random SiglipModel + SiglipProcessor saved with save_pretrained. Like Google's
+    checkpoints, its tokenizer emits no attention mask, unless ``attention_mask`` (a fine-tune
+    saved with transformers' defaults)."""
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
 
     _seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     sp = make_sentencepiece(folder / "_sp")
     # as the official conversion script does: real SigLIP checkpoints return no attention mask
-    tokenizer = SiglipTokenizer(vocab_file=str(sp), model_max_length=64, model_input_names=["input_ids"])
+    names = {} if attention_mask else {"model_input_names": ["input_ids"]}
+    tokenizer = SiglipTokenizer(vocab_file=str(sp), model_max_length=64, **names)
     text = dict(vocab_size=128, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                 num_attention_heads=4, max_position_embeddings=64, projection_size=32,
                 pad_token_id=0, eos_token_id=1, bos_token_id=None)
@@ -133,7 +136,9 @@ def build_align(folder: Path, seed: int = 0) -> Path:
     vision = dict(image_size=32, num_channels=3, kernel_sizes=[3, 3, 5], in_channels=[32, 16, 24],
                   out_channels=[16, 24, 64], strides=[1, 1, 2], hidden_dim=64, num_hidden_layers=3,
                   expand_ratios=[1, 6, 6], depth_coefficient=1.0, width_coefficient=1.0,
-                  depthwise_padding=[], hidden_act="swish")
+                  depthwise_padding=[], hidden_act="swish",
+                  # the default 0.02 makes the pooled features ~1e-13: float noise then decides their direction
+                  initializer_range=0.2)
     config = AlignConfig(text_config=text, vision_config=vision, projection_dim=64)
     model = AlignModel(config).eval()
     processor = AlignProcessor(

@@ -238,6 +238,7 @@ def import_(
     model: Annotated[str, typer.Option("--model", "-m", help="The model that computed the vectors.")],
     root: Annotated[str | None, typer.Option("--root", help="Root folder (or URI prefix) for paths outside "
                                              "every known root (default: each file's parent folder).")] = None,
+    index_type: Annotated[str | None, typer.Option("--index", help="auto|flat|hnsw|ivf|ivfpq")] = None,
     device: DeviceOpt = "auto",
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
@@ -246,7 +247,7 @@ def import_(
     lib = open_library(library, device, create=True)
     progress = Progress("importing", disable=as_json)
     try:
-        summary = lib.import_vectors(source, model, root=root, progress=progress)
+        summary = lib.import_vectors(source, model, root=root, index_type=index_type, progress=progress)
     finally:
         progress.close()
     if as_json:

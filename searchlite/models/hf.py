@@ -2,7 +2,10 @@
 
 Parity with ``Model(**Processor(...))``: images go through the checkpoint's own image processor
 (PIL backend, the one the checkpoints were evaluated with) and texts through its tokenizer with
-the padding the model was trained with (SigLIP: ``max_length``, no attention mask).
+the padding the zero-shot pipeline uses (SigLIP: ``max_length`` 64). The text tower receives
+exactly what the checkpoint's tokenizer emits (its ``model_input_names``): Google's SigLIP
+checkpoints pin ``["input_ids"]`` (no mask, the tower sees the pads); a fine-tune saved with
+transformers' defaults emits an attention mask, and then the tower gets it too.
 """
 
 from __future__ import annotations
@@ -136,8 +139,6 @@ class HFEmbedder(TorchEmbedder):
 
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         enc = self.tokenizer(texts, return_tensors="pt", **self.text_kwargs)
-        if self.family == "siglip":
-            enc.pop("attention_mask", None)  # SigLIP is used without a mask, as in the reference
         enc = {k: v.to(self.device) for k, v in enc.items()}
         out = self.model.get_text_features(**enc)
         return getattr(out, "pooler_output", out)

@@ -155,6 +155,7 @@ def import_parquet(catalog: Catalog, model: ModelRow, source: str | Path,
             _import_batch(catalog, model, writer, roots, batch, f, summary)
             if progress:
                 progress(summary["rows"], total)
+    catalog.optimize()
     summary["index"] = SegmentBuilder(catalog, catalog.model(model.id), writer.stores[model.id]).maintain()
     summary["seconds"] = round(time.perf_counter() - start, 3)
     summary["problems"] = summary["problems"][:MAX_PROBLEMS]

@@ -8,6 +8,7 @@ new location, nothing else.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from searchlite.errors import ModelLoadError, QueryError
 from searchlite.indexer import Indexer, IndexStats
 from searchlite.locking import library_lock, try_library_lock
 from searchlite.models.base import Embedder
+from searchlite.models.light import EXPORT_VERSION
 from searchlite.models.registry import load_embedder, parse_spec, same_model, stored_spec_missing
 from searchlite.query import Filters, SearchResult, check_template, search_vectors
 from searchlite.store import ModelIndex, VectorWriter
@@ -32,6 +34,9 @@ from searchlite.vectors import INDEX_TYPES
 log = logging.getLogger(__name__)
 
 __all__ = ["Library", "SearchResult", "Filters"]
+
+#: Query embeddings kept per model in the library (Immich keeps an LRU of 100).
+QUERY_CACHE = 100
 
 
 class Library:
@@ -45,6 +50,7 @@ class Library:
         self.catalog = Catalog(self.path, create=create)
         self._indexes: dict[int, ModelIndex] = {}
         self._embedders: dict[int, Embedder] = {}
+        self._encoders: dict[int, Any] = {}
         if self.catalog.has_legacy_vectors():
             from searchlite.store.migrate import move_legacy_vectors
 
@@ -134,7 +140,10 @@ class Library:
         pairs = [(self.register(spec, emb, indexed=True, index_type=index_type), emb) for spec, emb in loaded]
         indexer = Indexer(self.catalog, pairs, batch_size=self.batch_size, workers=workers, draft=draft,
                           include_hidden=include_hidden)
-        return indexer.run([Path(p) for p in paths], progress=progress)
+        stats = indexer.run([Path(p) for p in paths], progress=progress)
+        for row, emb in pairs:  # the model is loaded now: the cheapest moment for the one-time export
+            self.export_text(row, emb)
+        return stats
 
     def reindex(self, model: str | None = None, index_type: str = "auto") -> str:
         """Rebuild a model's index segments from its stored vectors (no re-embedding)."""
@@ -165,7 +174,9 @@ class Library:
         emb = self.embedder(model)
         with library_lock(self.path, "import"):
             row = self.register(model, emb, indexed=True, index_type=index_type)
-            return import_parquet(self.catalog, row, source, root=root, progress=progress)
+            summary = import_parquet(self.catalog, row, source, root=root, progress=progress)
+        self.export_text(row, emb)
+        return summary
 
     def export_vectors(self, model: str, out: str | Path) -> dict:
         """Write a model's vectors and image metadata as Parquet (the import schema)."""
@@ -227,10 +238,52 @@ class Library:
             raise QueryError(f"cannot read query image {image}: {exc}") from exc
         return emb.embed_images([loaded.image])[0], known.id if known else None
 
+    # -- text encoders: the light ONNX path when exported and valid, else the torch model ---------------
+    def export_folder(self, row: ModelRow) -> Path:
+        return self.path / "models" / str(row.id) / "text"
+
+    def text_encoder(self, row: ModelRow) -> Any:
+        """What embeds query texts for a model: its validated ONNX export (no torch import) when
+        present, else the torch model (loaded once per process)."""
+        encoder = self._encoders.get(row.id)
+        if encoder is None:
+            from searchlite.models.light import load_light_encoder
+
+            encoder = load_light_encoder(self.export_folder(row)) or self.embedder_for(row)
+            self._encoders[row.id] = encoder
+        return encoder
+
+    def export_text(self, row: ModelRow, emb: Embedder | None = None, force: bool = False) -> dict:
+        """Export (and validate) a model's text tower for the light query path; an existing export
+        (or a recorded failure) of the same model is kept unless ``force``."""
+        from searchlite.models.export import export_text_tower
+
+        folder = self.export_folder(row)
+        if not force:
+            try:
+                meta = json.loads((folder / "meta.json").read_text())
+                if meta.get("model_id") == row.model_id and meta.get("version") == EXPORT_VERSION:
+                    return meta
+            except (OSError, ValueError):
+                pass
+        meta = export_text_tower(emb or self.embedder_for(row), folder)
+        self._encoders.pop(row.id, None)
+        return meta
+
     # -- queries -------------------------------------------------------------------------------------
     def text_vectors(self, row: ModelRow, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of already-templated texts under a model."""
-        return self.embedder_for(row).embed_texts(list(texts))
+        return self.text_encoder(row).embed_texts(list(texts))
+
+    def _cached_query_vectors(self, row: ModelRow, keys: list[str], compute: Callable[[list[int]], np.ndarray],
+                              ) -> np.ndarray:
+        """Query embeddings through the library's query cache (the last QUERY_CACHE per model)."""
+        found = self.catalog.cached_queries(row.id, keys)
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        if missing:
+            found.update({keys[i]: v for i, v in zip(missing, compute(missing))})
+        self.catalog.cache_queries(row.id, {key: found[key] for key in keys}, keep=QUERY_CACHE)  # hits refreshed
+        return np.stack([found[key] for key in keys])
 
     def query_vector(self, text: str, row: ModelRow, template: str | None = None, ensemble: bool = False,
                      cwd: str | Path | None = None) -> tuple[np.ndarray, set[int]]:
@@ -240,8 +293,11 @@ class Library:
 
         def texts(values: list[str]) -> np.ndarray:
             if ensemble:
-                return np.stack([ensemble_text_vector(lambda t: self.text_vectors(row, t), v) for v in values])
-            return self.text_vectors(row, [template.format(v) for v in values])
+                return self._cached_query_vectors(row, [f"ensemble\x1f{v}" for v in values], lambda todo: np.stack(
+                    [ensemble_text_vector(lambda t: self.text_vectors(row, t), values[i]) for i in todo]))
+            prompts = [template.format(v) for v in values]
+            return self._cached_query_vectors(row, [f"text\x1f{p}" for p in prompts],
+                                              lambda todo: self.text_vectors(row, [prompts[i] for i in todo]))
 
         def image(path: str) -> np.ndarray:
             vec, own = self.image_vector(path, row)

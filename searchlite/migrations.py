@@ -49,10 +49,11 @@ CREATE INDEX ix_embeddings_image_id ON embeddings (image_id);
 _V2 = "CREATE INDEX ix_embeddings_model_seq ON embeddings (model_ref, seq);"
 
 _V3 = """
-CREATE TABLE vectors (model_ref INTEGER NOT NULL, store_row INTEGER NOT NULL, image_id INTEGER NOT NULL,
-    PRIMARY KEY (model_ref, store_row), UNIQUE (model_ref, image_id),
+CREATE TABLE vectors (model_ref INTEGER NOT NULL, image_id INTEGER NOT NULL, store_row INTEGER NOT NULL,
+    PRIMARY KEY (model_ref, image_id),
     FOREIGN KEY(model_ref) REFERENCES models (id) ON DELETE CASCADE,
-    FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE);
+    FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE) WITHOUT ROWID;
+CREATE UNIQUE INDEX ix_vectors_store_row ON vectors (model_ref, store_row);
 CREATE INDEX ix_vectors_image_id ON vectors (image_id);
 CREATE TABLE tombstones (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, model_ref INTEGER NOT NULL,
     store_row INTEGER NOT NULL, UNIQUE (model_ref, store_row));

@@ -181,9 +181,9 @@ def allowed_rows(catalog: Catalog, model: ModelRow, filters: Filters) -> np.ndar
     """The sorted store rows of the live images that pass the filters (exact, from SQL)."""
     query = (select(VectorRow.store_row).join(ImageRow, ImageRow.id == VectorRow.image_id)
              .join(Root, Root.id == ImageRow.root_id)
-             .where(VectorRow.model_ref == model.id, *filters.conditions(catalog)).order_by(VectorRow.store_row))
+             .where(VectorRow.model_ref == model.id, *filters.conditions(catalog)))
     with catalog.Session() as s:
-        return np.fromiter(s.scalars(query), dtype=np.int64)
+        return np.sort(np.fromiter(s.scalars(query), dtype=np.int64))
 
 
 def search_vectors(catalog: Catalog, model: ModelRow, index: ModelIndex, query: np.ndarray, k: int,

@@ -21,6 +21,7 @@ import socketserver
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -164,12 +165,14 @@ def handle(lib, message: Any) -> dict:
     return {"ok": True, "results": [r.as_dict() for r in results]}
 
 
-def serve(lib, models: list[str], on_ready: Callable[[socketserver.BaseServer], None] | None = None) -> None:
-    """Load the models and their indexes, then answer requests until interrupted (or until
-    ``server.shutdown()`` on the server passed to ``on_ready``)."""
+def serve(lib, models: list[str], on_ready: Callable[[socketserver.BaseServer], None] | None = None,
+          idle_timeout: float | None = None) -> None:
+    """Load the models and their indexes, then answer requests until interrupted, until
+    ``idle_timeout`` seconds pass without a request, or until ``server.shutdown()`` on the server
+    passed to ``on_ready``."""
     for spec in models or [m.spec for m in lib.catalog.models(indexed_only=True)]:
         row = lib.model_row(spec)
-        lib.embedder_for(row)
+        lib.text_encoder(row)  # the light ONNX tower when exported, else the torch model
         lib.model_index(row)
         log.info("loaded %s", row.spec)
     path = socket_path(lib.path)
@@ -177,6 +180,7 @@ def serve(lib, models: list[str], on_ready: Callable[[socketserver.BaseServer], 
         raise LibraryError(f"a searchlite server already answers on {path}")
     path.unlink(missing_ok=True)
     calls = threading.Lock()  # torch models and the catalog cache are used by one request at a time
+    last_request = [time.monotonic()]
 
     class Handler(socketserver.StreamRequestHandler):
         timeout = REQUEST_TIMEOUT  # a stalled client is dropped; others are served meanwhile
@@ -188,6 +192,8 @@ def serve(lib, models: list[str], on_ready: Callable[[socketserver.BaseServer], 
             except (OSError, ValueError):
                 return
             with calls:
+                if not (isinstance(message, dict) and message.get("command") == "ping"):
+                    last_request[0] = time.monotonic()  # a ping asks whether a server runs: it is not use
                 try:
                     reply = handle(lib, message)
                 except Exception as exc:  # noqa: BLE001 - a bad request must not stop the server
@@ -209,7 +215,16 @@ def serve(lib, models: list[str], on_ready: Callable[[socketserver.BaseServer], 
     finally:
         os.umask(old_umask)
     server.daemon_threads = True
+
+    def exit_when_idle() -> None:
+        while time.monotonic() - last_request[0] < idle_timeout:
+            time.sleep(min(1.0, idle_timeout / 10))
+        log.info("no request for %.0f s: stopping", idle_timeout)
+        server.shutdown()
+
     with server:
+        if idle_timeout:
+            threading.Thread(target=exit_when_idle, daemon=True).start()
         if on_ready is not None:
             on_ready(server)
         try:

@@ -28,15 +28,17 @@ def _exact(vecs: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> np.ndarr
 
 def test_auto_choice_by_size_and_ivf_sizing():
     assert choose_type(1_000) == "flat"
-    assert choose_type(500_000) == "hnsw"
+    assert choose_type(500_000) == "ivf"
+    assert choose_type(4_000_000) == "ivf"
     assert choose_type(5_000_000) == "ivfpq"
-    assert factory_string("hnsw", 500_000, 768) == "IDMap,HNSW32"
-    assert factory_string("ivf", 1_000_000, 768) == "IVF4000,Flat"
+    assert factory_string("hnsw", 500_000, 768) == "IDMap,HNSW32,SQ8"
+    assert factory_string("ivf", 1_000_000, 768) == "IVF4000,SQ8"
     assert factory_string("ivfpq", 10_000_000, 768) == "IVF4096,PQ96x8"
     for n in (1_000, 100_000, 1_000_000, 10_000_000, 100_000_000):
         nlist = nlist_for(n)
         # FAISS wants >= 39 training points per list; we train on 64 per list (or everything)
-        assert training_size(nlist, n) >= min(n, 39 * nlist) and training_size(nlist, n) <= 256 * nlist
+        if nlist > 1:
+            assert training_size(nlist, n) >= min(n, 39 * nlist) and training_size(nlist, n) <= 256 * nlist
         assert n // nlist >= 39
     assert nlist_for(100_000_000) == 10_000  # grows with sqrt(n) past the CPU cap
 
@@ -49,7 +51,11 @@ def test_exact_top_k_on_small_set(kind):
     assert index.kind == kind and index.ntotal == 600
     queries = _vectors(20, seed=1)
     _, got = index.search(queries, 10)
-    np.testing.assert_array_equal(got, _exact(vecs, ids, queries, 10))
+    if kind in ("hnsw", "ivf"):  # 8-bit codes: the right neighbours, in nearly the right order (the store re-scores)
+        overlap = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, _exact(vecs, ids, queries, 10))])
+        assert overlap >= 0.95
+    else:
+        np.testing.assert_array_equal(got, _exact(vecs, ids, queries, 10))
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])

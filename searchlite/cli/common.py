@@ -32,21 +32,44 @@ def open_library(library: Path | None, device: str = "auto", batch_size: int = 3
     return Library(library, device=device, batch_size=batch_size, create=create)
 
 
-def remote(library: Path | None, command: str, args: dict):
-    """Results from a running `searchlite serve` for this library, or None (then search in-process)."""
+#: Idle seconds after which a server started by `--serve` exits ($SEARCHLITE_SERVE_IDLE overrides).
+AUTO_SERVE_IDLE = 900.0
+
+ServeOpt = Annotated[bool, typer.Option("--serve", help="Start `searchlite serve` in the background if none runs "
+                                        f"(it exits after {AUTO_SERVE_IDLE:.0f} s idle); also $SEARCHLITE_AUTO_SERVE=1.")]
+
+
+def remote(library: Path | None, command: str, args: dict, start: bool = False):
+    """Results from a running `searchlite serve` for this library, or None (then search in-process).
+    With ``start`` (or $SEARCHLITE_AUTO_SERVE=1), a server is started in the background when none
+    answers, for the next queries; this one is answered in-process."""
     if os.environ.get("SEARCHLITE_NO_SERVER"):
         return None
     from searchlite import server
     from searchlite.config import default_library
 
-    reply = server.request(library.expanduser() if library else default_library(), command, args)
+    folder = library.expanduser() if library else default_library()
+    reply = server.request(folder, command, args)
     if reply is None:
+        if (start or os.environ.get("SEARCHLITE_AUTO_SERVE") == "1") and (folder / "catalog.sqlite").is_file():
+            start_server(folder)
         return None
     if not reply.get("ok"):
         raise SearchliteError(reply.get("error", "the searchlite server failed"))
     from searchlite.query import SearchResult
 
     return [SearchResult.from_dict(d) for d in reply["results"]]
+
+
+def start_server(folder: Path) -> None:
+    """`searchlite serve` for a library, detached, exiting when idle; its output goes to serve.log."""
+    import subprocess
+    import sys
+
+    with open(folder / "serve.log", "ab") as log:
+        idle = os.environ.get("SEARCHLITE_SERVE_IDLE", str(AUTO_SERVE_IDLE))
+        subprocess.Popen([sys.executable, "-m", "searchlite", "serve", "-L", str(folder), "--idle-timeout", idle],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
 
 
 def print_results(results, as_json: bool, paths_only: bool, what: str) -> None:

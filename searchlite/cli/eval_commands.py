@@ -131,12 +131,39 @@ def demo(
         progress.close()
 
 
-@app.command(rich_help_panel="Benchmarks, calibration and demo")
-def models() -> None:
+models_app = typer.Typer(help="Model aliases and spec formats; `models export` prepares the light query path.",
+                         invoke_without_command=True, no_args_is_help=False)
+app.add_typer(models_app, name="models", rich_help_panel="Benchmarks, calibration and demo")
+
+
+@models_app.callback()
+def models(ctx: typer.Context) -> None:
     """List the model aliases and spec formats."""
+    if ctx.invoked_subcommand is not None:
+        return
     from searchlite.models.registry import ALIASES, DEMO_ALIAS
 
     for alias, spec in ALIASES.items():
         print(f"{alias:12} {spec}")
     print(f"{DEMO_ALIAS:12} the bundled demo model (searchlite/sample_data/demo-model)")
     print("\nspecs: hf:<hub id or folder> | openclip:<arch>@<tag or checkpoint file> | openclip:<folder>")
+
+
+@models_app.command("export")
+def export_model(
+    spec: Annotated[str, typer.Argument(help="A model that has indexed the library.")],
+    force: Annotated[bool, typer.Option("--force", help="Export again even if an export exists.")] = False,
+    device: DeviceOpt = "cpu",
+    library: LibraryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a model's text tower to ONNX (validated against torch) so searches skip importing torch."""
+    lib = open_library(library, device)
+    meta = lib.export_text(lib.model_row(spec), force=force)
+    if as_json:
+        print(json.dumps(meta, indent=1))
+    elif meta["valid"]:
+        print(f"exported {spec}: max |d| {meta['max_abs_diff']:.1e}, min cosine {meta['min_cosine']:.7f} on "
+              f"{meta.get('probes', 14)} probe texts ({meta['seconds']:.1f} s); searches now run without torch")
+    else:
+        print(f"not exported: {meta['reason']}; searches keep using the torch model")

@@ -23,6 +23,7 @@ from searchlite.cli.common import (
     MinWOpt,
     ModelOpt,
     Progress,
+    ServeOpt,
     app,
     open_library,
     parse_filters,
@@ -83,6 +84,7 @@ def search(
     rerank: Annotated[str | None, typer.Option("--rerank", help="Re-score the candidates with this model.")] = None,
     candidates: Annotated[int, typer.Option("--candidates", min=1, help="First-stage pool for --rerank.")] = 100,
     fusion: Annotated[str, typer.Option("--fusion", help="replace|rrf|prob (with --rerank).")] = "replace",
+    serve: ServeOpt = False,
     device: DeviceOpt = "auto",
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
@@ -95,7 +97,7 @@ def search(
     if not rerank:
         served = remote(library, "search", {"text": text, "model": model, "k": k, "template": template,
                                             "ensemble": ensemble, "min_prob": min_prob, "sort": sort,
-                                            "filters": filters.to_json(), "cwd": os.getcwd()})
+                                            "filters": filters.to_json(), "cwd": os.getcwd()}, start=serve)
         if served is not None:
             print_results(served, as_json, paths, f'"{text}"')
             return
@@ -144,6 +146,7 @@ def similar(
     folder: FolderOpt = None, glob: GlobOpt = None, after: AfterOpt = None, before: BeforeOpt = None,
     min_width: MinWOpt = None, min_height: MinHOpt = None, fmt: FormatOpt = None,
     paths: Annotated[bool, typer.Option("--paths", help="Print paths only.")] = False,
+    serve: ServeOpt = False,
     device: DeviceOpt = "auto",
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
@@ -151,7 +154,7 @@ def similar(
     """Image-to-image search."""
     filters = parse_filters(folder, glob, after, before, min_width, min_height, fmt)
     results = remote(library, "similar", {"image": str(image.expanduser().resolve()), "model": model, "k": k,
-                                           "min_prob": min_prob, "filters": filters.to_json()})
+                                           "min_prob": min_prob, "filters": filters.to_json()}, start=serve)
     if results is None:
         results = open_library(library, device).similar(image, model, k, min_prob=min_prob, filters=filters)
     print_results(results, as_json, paths, str(image))
@@ -160,6 +163,8 @@ def similar(
 @app.command()
 def serve(
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Models to preload (default: all).")] = None,
+    idle_timeout: Annotated[float | None, typer.Option("--idle-timeout", min=1,
+                                                       help="Exit after this many seconds without a request.")] = None,
     device: DeviceOpt = "auto",
     library: LibraryOpt = None,
 ) -> None:
@@ -170,7 +175,7 @@ def serve(
     lib = open_library(library, device)
     print(f"serving {lib.path} on {socket_path(lib.path)} (Ctrl-C to stop)", flush=True)
     try:
-        run_server(lib, model or [])
+        run_server(lib, model or [], idle_timeout=idle_timeout)
     except KeyboardInterrupt:
         print("stopped")
 

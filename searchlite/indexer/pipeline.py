@@ -241,6 +241,7 @@ class Indexer:
         finally:
             scan.close()
         self._maintain(writer, final=True)
+        self.catalog.optimize()
         self.stats.seconds = round(time.perf_counter() - start, 3)
         with self.catalog.WriteSession.begin() as s:
             row = s.get(RunRow, run_id)

@@ -117,9 +117,7 @@ class SegmentBuilder:
         rng = np.random.default_rng(self.seed)
         if len(rows) > size:
             rows = np.sort(rng.choice(rows, size, replace=False))
-        sample = self.store.get(rows)
-        self.store.close()  # unmap: the sample is a copy, the mapped pages need not stay resident
-        return sample
+        return self.store.read_rows(rows)
 
     def _build(self, kind: str, lo: int, hi: int) -> SegmentRow | None:
         """A segment over the live rows of [lo, hi); None when none is live."""
@@ -129,7 +127,9 @@ class SegmentBuilder:
         index = VectorIndex.empty(kind, live, self.model.dim)
         trained = live
         if not index.is_trained:
-            index.train(self._sample(lo, hi, training_size(index.nlist, live)))
+            sample = self._sample(lo, hi, training_size(index.nlist, live))
+            index.train(sample)
+            del sample  # before the codes grow
         for rows, vectors in self.live_vectors(lo, hi):
             index.add(rows, vectors)
         name = f"seg-{lo:012d}-{hi:012d}-{secrets.token_hex(3)}.faiss"

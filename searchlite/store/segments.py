@@ -22,14 +22,14 @@ import numpy as np
 from searchlite.catalog import Catalog, SegmentRow, Snapshot
 from searchlite.errors import LibraryError
 from searchlite.store.vectorstore import VectorStore
-from searchlite.vectors import SearchParams, VectorIndex, bitmap_selector, excluding_selector
+from searchlite.vectors import SearchParams, VectorIndex, bitmap_selector, excluding_selector, rescored
 
 log = logging.getLogger(__name__)
 
 #: A filter matching at most this many images is answered by exact scoring of exactly those images.
 EXACT_FILTER_MAX = 200_000
-#: IVF-PQ candidates per wanted result, re-scored with the exact stored vectors.
-PQ_REFINE = 10
+#: Candidates per wanted result from compressed segments, re-scored with the exact stored vectors.
+REFINE = {"ivfpq": 10, "ivf": 4, "hnsw": 4}
 
 
 def model_folder(catalog: Catalog, model_ref: int) -> Path:
@@ -143,14 +143,15 @@ class ModelIndex:
             selectivity = len(inside) / max(seg.count, 1)
         else:
             selector = self._dead_selector(seg, dead, exclude)
-        wanted = k * PQ_REFINE if seg.kind == "ivfpq" else k
+        exact = not rescored(seg.factory)
+        wanted = k if exact else k * REFINE.get(seg.kind, 4)
         scores, rows = index.search(q[None, :], wanted, self.params, selector, selectivity)
         del keep
         rows = rows[0]
         valid = rows >= 0
         scores, rows = scores[0][valid], rows[valid]
-        if seg.kind == "ivfpq" and len(rows):
-            scores = self.store.get(rows) @ q  # PQ scores are approximate: re-score exactly
+        if not exact and len(rows):
+            scores = self.store.get(rows) @ q  # compressed scores are approximate: re-score exactly
         return scores.astype(np.float32), rows.astype(np.int64)
 
     def _dead_selector(self, seg: SegmentRow, dead: np.ndarray, exclude: np.ndarray | None) -> Any:

@@ -153,6 +153,27 @@ class VectorStore:
             yield row, self._map(n)[offset:offset + take]
             row += take
 
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Vectors of sorted rows read with plain reads (no mapping): for a build's training sample,
+        so the process does not map in the pages around every sampled row."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        handles: dict[int, int] = {}
+        try:
+            for i, row in enumerate(rows.tolist()):
+                n, offset = divmod(row, self.file_rows)
+                fd = handles.get(n)
+                if fd is None:
+                    fd = handles[n] = os.open(self._path(n), os.O_RDONLY)
+                data = os.pread(fd, self.row_bytes, offset * self.row_bytes)
+                if len(data) != self.row_bytes:
+                    raise LibraryError(f"the vector file {self._path(n)} is shorter than the catalog says")
+                out[i] = np.frombuffer(data, dtype=DTYPE)
+        finally:
+            for fd in handles.values():
+                os.close(fd)
+        return out
+
     def read_chunks(self, lo: int, hi: int, chunk: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
         """(start row, array) chunks of rows [lo, hi) read with plain reads into fresh buffers: for
         streaming builds, so the process does not accumulate mapped pages of the whole store."""

@@ -32,9 +32,10 @@ class Term:
     value: str
 
 
-def parse_query(query: str, base: str | Path | None = None) -> list[Term]:
+def parse_query(query: str, base: str | Path | None = None, files: bool = True) -> list[Term]:
     """Split a query into signed, weighted text and image terms; relative image paths are
-    resolved against ``base`` (default: the working directory)."""
+    resolved against ``base`` (default: the working directory). With ``files=False`` (queries from
+    the network) every term is text: nothing on the server's disk is read."""
     parts = _SPLIT.split(f" {query.strip()} ".strip())
     if not parts or not parts[0].strip():
         raise QueryError("empty query")
@@ -51,8 +52,8 @@ def parse_query(query: str, base: str | Path | None = None) -> list[Term]:
         path = Path(raw).expanduser()
         if base is not None and not path.is_absolute():
             path = Path(base) / path
-        is_image = path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-        if path.suffix.lower() in IMAGE_EXTENSIONS and not is_image and raw.startswith((".", "/", "~")):
+        is_image = files and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+        if files and path.suffix.lower() in IMAGE_EXTENSIONS and not is_image and raw.startswith((".", "/", "~")):
             raise QueryError(f"image term not found: {raw}")
         terms.append(Term(weight if sign == "+" else -weight, "image" if is_image else "text",
                           str(path) if is_image else raw))

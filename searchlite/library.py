@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ class Library:
         self._indexes: dict[int, ModelIndex] = {}
         self._embedders: dict[int, Embedder] = {}
         self._encoders: dict[int, Any] = {}
+        #: held by the resident front ends (socket, HTTP) around each call: one request at a time
+        self.lock = threading.RLock()
         if self.catalog.has_legacy_vectors():
             from searchlite.store.migrate import move_legacy_vectors
 
@@ -221,7 +224,6 @@ class Library:
 
     def image_vector(self, image: str | Path, row: ModelRow) -> tuple[np.ndarray, int | None]:
         """A query image's vector: the stored one when the file is in the library, else embedded now."""
-        from searchlite.imaging import load_image
 
         path = Path(image).expanduser()
         if not path.is_file():
@@ -231,12 +233,18 @@ class Library:
             stored = self.stored_vectors(row, [known.id]).get(known.id)
             if stored is not None:
                 return stored, known.id
+        return self.embed_image(path, row), known.id if known else None
+
+    def embed_image(self, image: Path | bytes, row: ModelRow) -> np.ndarray:
+        """Decode (robustly, with the bomb guard) and embed one query image under a model."""
+        from searchlite.imaging import load_image
+
         emb = self.embedder_for(row)
         try:
-            loaded = load_image(path, target_size=emb.image_size)
+            loaded = load_image(image, target_size=emb.image_size)
         except Exception as exc:
-            raise QueryError(f"cannot read query image {image}: {exc}") from exc
-        return emb.embed_images([loaded.image])[0], known.id if known else None
+            raise QueryError(f"cannot read the query image: {exc}") from exc
+        return emb.embed_images([loaded.image])[0]
 
     # -- text encoders: the light ONNX path when exported and valid, else the torch model ---------------
     def export_folder(self, row: ModelRow) -> Path:
@@ -286,7 +294,7 @@ class Library:
         return np.stack([found[key] for key in keys])
 
     def query_vector(self, text: str, row: ModelRow, template: str | None = None, ensemble: bool = False,
-                     cwd: str | Path | None = None) -> tuple[np.ndarray, set[int]]:
+                     cwd: str | Path | None = None, files: bool = True) -> tuple[np.ndarray, set[int]]:
         """The vector of a (possibly combined) query, and the ids of library images used as terms."""
         template = check_template(template) or row.template
         own_ids: set[int] = set()
@@ -305,29 +313,34 @@ class Library:
                 own_ids.add(own)
             return vec
 
-        return combine(parse_query(text, base=cwd), texts, image), own_ids
+        return combine(parse_query(text, base=cwd, files=files), texts, image), own_ids
 
     def search(self, text: str, model: str | None = None, k: int = 20, *, offset: int = 0,
                template: str | None = None, filters: Filters | None = None, min_prob: float | None = None,
-               sort: str = "relevance", ensemble: bool = False, cwd: str | Path | None = None) -> list[SearchResult]:
+               sort: str = "relevance", ensemble: bool = False, cwd: str | Path | None = None,
+               files: bool = True) -> list[SearchResult]:
         """Text-to-image search; the text is wrapped in the model's prompt template. Combined
         queries ("beach + sunset - people", "2:cat + dog", "./photo.jpg + snow") are supported;
-        ``ensemble`` averages the 80 OpenAI ImageNet templates (CLIP) instead of one template."""
+        ``ensemble`` averages the 80 OpenAI ImageNet templates (CLIP) instead of one template;
+        ``files=False`` treats every term as text (queries that come from the network)."""
         if not text.strip():
             raise QueryError("empty query")
         _check_page(k, offset)
         row = self.model_row(model)
-        query, own_ids = self.query_vector(text, row, template, ensemble, cwd)
+        query, own_ids = self.query_vector(text, row, template, ensemble, cwd, files)
         return search_vectors(self.catalog, row, self.model_index(row), query, k, filters, exclude_images=own_ids,
                               min_prob=min_prob, sort=sort, offset=offset)
 
-    def similar(self, image: str | Path | int, model: str | None = None, k: int = 20, *, offset: int = 0,
+    def similar(self, image: str | Path | int | bytes, model: str | None = None, k: int = 20, *, offset: int = 0,
                 filters: Filters | None = None, min_prob: float | None = None,
                 sort: str = "relevance") -> list[SearchResult]:
-        """Image-to-image search from a file or a library image id; the query image itself is left out."""
+        """Image-to-image search from a file, an image's bytes (an upload) or a library image id;
+        the query image itself is left out."""
         _check_page(k, offset)
         row = self.model_row(model)
-        if isinstance(image, int):
+        if isinstance(image, bytes):
+            vec, own_id = self.embed_image(image, row), None
+        elif isinstance(image, int):
             vec = self.stored_vectors(row, [image]).get(image)
             if vec is None:
                 raise QueryError(f"no indexed image with id {image}")
@@ -355,6 +368,24 @@ class Library:
         from searchlite.calibration import calibrate
 
         return calibrate(bench_library, dataset, spec, target=self, **kwargs)
+
+    def scores(self, text: str, image_id: int) -> dict[str, dict]:
+        """Every indexed model's score of one image for a text query (models without its vector skipped)."""
+        from searchlite.query import calibration, sigmoid
+
+        out = {}
+        for row in self.catalog.models(indexed_only=True):
+            vec = self.stored_vectors(row, [image_id]).get(image_id)
+            if vec is None:
+                continue
+            q, _ = self.query_vector(text, row, files=False)
+            cos = float(vec @ q)
+            a, b = calibration(row)
+            out[row.spec] = {"score": cos, "logit": float(row.scale * cos + row.bias),
+                             "probability": float(sigmoid(a * cos + b))}
+        if not out:
+            raise QueryError(f"no indexed image with id {image_id}")
+        return out
 
     # -- information ---------------------------------------------------------------------------------
     def status(self) -> dict:

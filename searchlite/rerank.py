@@ -54,11 +54,11 @@ def _candidate_vectors(lib, row: ModelRow, results: Sequence[SearchResult]) -> d
 
 
 def rescore(lib, text: str, spec: str, candidates: Sequence[SearchResult], template: str | None = None,
-            ensemble: bool = False, cwd: str | Path | None = None) -> list[SearchResult]:
+            ensemble: bool = False, cwd: str | Path | None = None, files: bool = True) -> list[SearchResult]:
     """The candidates scored by one model (its own cosine, logit and probability), best first."""
     row = _model_for_rescoring(lib, spec)
     vecs = _candidate_vectors(lib, row, candidates)
-    q, _ = lib.query_vector(text, row, template, ensemble, cwd)
+    q, _ = lib.query_vector(text, row, template, ensemble, cwd, files)
     a, b = calibration(row)
     out = []
     for r in candidates:
@@ -109,7 +109,7 @@ def rerank(lib, text: str, first: str | None, second: str, k: int = 20, candidat
 
 
 def compare(lib, text: str, specs: Sequence[str], k: int = 10, candidates: int = 100, shared_pool: bool = False,
-            template: str | None = None, ensemble: bool = False) -> dict[str, list[SearchResult]]:
+            template: str | None = None, ensemble: bool = False, files: bool = True) -> dict[str, list[SearchResult]]:
     """Top-k of each model, side by side. A model that has indexed the library searches its own
     index; otherwise (or with ``shared_pool``) it re-scores the first indexed model's candidate
     pool. Each result's ``extra["also_in"]`` lists the other models that ranked it in their top k."""
@@ -121,11 +121,11 @@ def compare(lib, text: str, specs: Sequence[str], k: int = 10, candidates: int =
     out: dict[str, list[SearchResult]] = {}
     for spec in specs:
         if indexed[spec] and not (shared_pool and spec != pool_model):
-            out[spec] = lib.search(text, spec, k=k, template=template, ensemble=ensemble)
+            out[spec] = lib.search(text, spec, k=k, template=template, ensemble=ensemble, files=files)
         else:
             if pool is None:
-                pool = lib.search(text, pool_model, k=candidates, template=template, ensemble=ensemble)
-            out[spec] = rescore(lib, text, spec, pool, template, ensemble)[:k]
+                pool = lib.search(text, pool_model, k=candidates, template=template, ensemble=ensemble, files=files)
+            out[spec] = rescore(lib, text, spec, pool, template, ensemble, files=files)[:k]
     tops = {spec: {r.image_id for r in res} for spec, res in out.items()}
     for spec, res in out.items():
         for r in res:

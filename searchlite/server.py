@@ -179,7 +179,6 @@ def serve(lib, models: list[str], on_ready: Callable[[socketserver.BaseServer], 
     if request(lib.path, "ping", {}, timeout=2.0) is not None:
         raise LibraryError(f"a searchlite server already answers on {path}")
     path.unlink(missing_ok=True)
-    calls = threading.Lock()  # torch models and the catalog cache are used by one request at a time
     last_request = [time.monotonic()]
 
     class Handler(socketserver.StreamRequestHandler):
@@ -191,7 +190,7 @@ def serve(lib, models: list[str], on_ready: Callable[[socketserver.BaseServer], 
                 message = json.loads(line) if len(line) <= MAX_REQUEST else None
             except (OSError, ValueError):
                 return
-            with calls:
+            with lib.lock:  # one library call at a time (shared with the HTTP front end)
                 if not (isinstance(message, dict) and message.get("command") == "ping"):
                     last_request[0] = time.monotonic()  # a ping asks whether a server runs: it is not use
                 try:

@@ -165,17 +165,41 @@ def serve(
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Models to preload (default: all).")] = None,
     idle_timeout: Annotated[float | None, typer.Option("--idle-timeout", min=1,
                                                        help="Exit after this many seconds without a request.")] = None,
+    http: Annotated[str | None, typer.Option("--http", help="Also serve the web page and HTTP API on [HOST:]PORT "
+                                             "(default host 127.0.0.1).")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="Require this token on every HTTP request "
+                                              "(needed to bind a non-loopback address).")] = None,
     device: DeviceOpt = "auto",
     library: LibraryOpt = None,
 ) -> None:
-    """Keep models loaded and answer `search` / `similar` instantly (Ctrl-C stops)."""
+    """Keep models loaded and answer `search` / `similar` instantly; with --http, also the web page (Ctrl-C stops)."""
+    import threading
+
     from searchlite.server import serve as run_server
     from searchlite.server import socket_path
 
+    bind = None
+    if http:
+        from searchlite.web import is_loopback, parse_bind
+
+        bind = parse_bind(http)
+        if not is_loopback(bind[0]) and not token:
+            from searchlite.errors import SearchliteError
+
+            raise SearchliteError(f"refusing to serve on {bind[0]} without --token (anyone on the network could see "
+                                  "your photos); bind 127.0.0.1 or pass --token SECRET")
     lib = open_library(library, device)
     print(f"serving {lib.path} on {socket_path(lib.path)} (Ctrl-C to stop)", flush=True)
     try:
-        run_server(lib, model or [], idle_timeout=idle_timeout)
+        if bind is None:
+            run_server(lib, model or [], idle_timeout=idle_timeout)
+            return
+        from searchlite.web import serve_http
+
+        threading.Thread(target=run_server, args=(lib, model or []), daemon=True).start()
+        host = f"[{bind[0]}]" if ":" in bind[0] else bind[0]
+        print(f"web page on http://{host}:{bind[1]}/", flush=True)
+        serve_http(lib, bind[0], bind[1], token)
     except KeyboardInterrupt:
         print("stopped")
 

@@ -64,6 +64,22 @@ def _sentencepiece_converter() -> type:
     from transformers.convert_slow_tokenizer import SpmConverter
 
     class EosConverter(SpmConverter):
+        def tokenizer(self, proto):  # noqa: ANN202 - transformers' hook
+            if proto.trainer_spec.model_type != 2:
+                return super().tokenizer(proto)
+            # BPE SentencePiece models: transformers 5's converter calls its extractor with the wrong
+            # arguments, so build the BPE model from the extractor directly (the id check validates it)
+            from tokenizers import AddedToken, Tokenizer
+            from tokenizers.models import BPE
+            from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+            tables = SentencePieceExtractor(self.original_tokenizer.vocab_file).extract(BPE)
+            fast = Tokenizer(BPE(tables["vocab"], tables["merges"], unk_token=proto.trainer_spec.unk_piece,
+                                 fuse_unk=True, byte_fallback=self.handle_byte_fallback, dropout=None))
+            fast.add_tokens([AddedToken(p.piece, normalized=False, special=p.type == 3)
+                             for p in proto.pieces if p.type in (3, 4)])
+            return fast
+
         def post_processor(self):  # noqa: ANN202 - transformers' hook
             eos = self.original_tokenizer.eos_token
             eos_id = self.original_tokenizer.convert_tokens_to_ids(eos)

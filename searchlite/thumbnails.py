@@ -1,0 +1,64 @@
+"""Thumbnails: JPEGs no larger than ``size`` px on the long side, EXIF-rotated, made lazily and
+cached in the library (``thumbnails/<size>/<id>-<content key>.jpg``); a changed image gets a new
+key, so its thumbnail is regenerated and the stale one removed.
+
+Files are found only through the catalog (by image id), and only inside their root: a symlink
+that leads out of an indexed folder is never read or served.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from searchlite.errors import QueryError
+
+MIN_SIZE, MAX_SIZE = 16, 1024
+
+
+class NotServable(QueryError):
+    """No such image, or one that cannot be served (outside its root, a URI, gone from disk)."""
+
+
+def servable_path(lib, image_id: int) -> tuple[object, Path]:
+    """The catalog row and real path of an indexed image that may be served, else NotServable."""
+    found = lib.image(image_id)
+    if found is None:
+        raise NotServable(f"no image with id {image_id}")
+    row, path = found
+    if row.status != "ok" or "://" in path:
+        raise NotServable(f"image {image_id} cannot be served")
+    root = lib.catalog.roots().get(row.root_id)
+    try:
+        real, real_root = Path(path).resolve(strict=True), Path(root).resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        raise NotServable(f"image {image_id} is not on disk") from exc
+    if not real.is_relative_to(real_root) or not real.is_file():
+        raise NotServable(f"image {image_id} lies outside its indexed folder")
+    return row, real
+
+
+def thumbnail(lib, image_id: int, size: int = 256) -> Path:
+    """The cached thumbnail of an image (made now if missing or stale)."""
+    from searchlite.imaging import load_image
+
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise QueryError(f"size must be between {MIN_SIZE} and {MAX_SIZE}")
+    row, real = servable_path(lib, image_id)
+    key = (row.sha256 or f"{row.size}-{row.mtime_ns}")[:16]
+    folder = lib.path / "thumbnails" / str(size)
+    target = folder / f"{image_id}-{key}.jpg"
+    if target.is_file():
+        return target
+    image = load_image(real, target_size=(size, size)).image
+    image.thumbnail((size, size))
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "wb") as fh:
+        image.save(fh, "JPEG", quality=85)
+    os.replace(tmp, target)
+    for stale in folder.glob(f"{image_id}-*.jpg"):
+        if stale != target:
+            stale.unlink(missing_ok=True)
+    return target

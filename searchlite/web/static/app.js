@@ -1,0 +1,236 @@
+// searchlite's search page: plain JavaScript, no build step, no network beyond this server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const PAGE = 30;
+let state = { q: "", similar: null, model: "", compare: [] };
+let nextOffset = null;
+let loading = false;
+let lastUpload = null;
+
+async function api(url, options) {
+  const response = await fetch(url, options);
+  const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+function filterParams() {
+  const p = new URLSearchParams();
+  if ($("folder").value.trim()) p.set("folder", $("folder").value.trim());
+  if ($("after").value) p.set("after", $("after").value);
+  if ($("before").value) p.set("before", $("before").value + "T23:59:59");
+  if ($("min-prob").value) p.set("min_prob", $("min-prob").value);
+  if (state.model) p.set("model", state.model);
+  return p;
+}
+
+function showError(message) {
+  $("error").hidden = !message;
+  $("error").textContent = message || "";
+}
+
+function card(result, onOpen) {
+  const div = document.createElement("div");
+  div.className = "card";
+  div.dataset.id = result.id;
+  div.dataset.path = result.path;
+  const img = document.createElement("img");
+  img.loading = "lazy";
+  img.src = result.thumbnail;
+  img.alt = result.path.split("/").pop();
+  img.addEventListener("click", () => onOpen(result));
+  const badge = document.createElement("span");
+  badge.className = "badge";
+  badge.textContent = result.probability.toFixed(2);
+  badge.title = `probability ${result.probability.toFixed(3)}, cosine ${result.score.toFixed(4)}`;
+  const similar = document.createElement("button");
+  similar.className = "similar";
+  similar.textContent = "similar";
+  similar.addEventListener("click", () => go({ q: "", similar: result.id }));
+  div.append(img, badge, similar);
+  if (result.also_in && result.also_in.length) {
+    div.classList.add("agreed");
+    const agree = document.createElement("span");
+    agree.className = "agree";
+    agree.textContent = `✓ ${result.also_in.length}`;
+    agree.title = `also found by ${result.also_in.join(", ")}`;
+    div.append(agree);
+  }
+  return div;
+}
+
+async function openDetail(result) {
+  $("detail-image").src = result.image;
+  const info = $("detail-info");
+  info.replaceChildren();
+  const add = (name, value) => {
+    const dt = document.createElement("dt");
+    dt.textContent = name;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    info.append(dt, dd);
+  };
+  add("path", result.path);
+  if (result.raw_path) add("raw", result.raw_path);
+  add("taken", result.taken_at || "unknown");
+  add("size", result.width && result.height ? `${result.width} × ${result.height}` : "unknown");
+  add("probability", result.probability.toFixed(3));
+  $("detail-similar").onclick = () => { $("detail").close(); go({ q: "", similar: result.id }); };
+  $("detail").showModal();
+  if (state.q) {
+    try {
+      const scores = await api(`/api/scores?id=${result.id}&q=${encodeURIComponent(state.q)}`);
+      for (const [model, s] of Object.entries(scores)) {
+        add(model, `score ${s.score.toFixed(4)}, probability ${s.probability.toFixed(3)}`);
+      }
+    } catch (e) { add("scores", e.message); }
+  }
+}
+
+async function loadPage() {
+  if (loading || nextOffset === null) return;
+  loading = true;
+  try {
+    const p = filterParams();
+    p.set("k", PAGE);
+    p.set("offset", nextOffset);
+    let page;
+    if (lastUpload && state.similar === "upload") {
+      const form = new FormData();
+      form.append("file", lastUpload);
+      form.append("k", PAGE);
+      form.append("offset", nextOffset);
+      if (state.model) form.append("model", state.model);
+      page = await api("/api/similar", { method: "POST", body: form });
+    } else if (state.similar) {
+      p.set("id", state.similar);
+      page = await api(`/api/similar?${p}`);
+    } else {
+      p.set("q", state.q);
+      page = await api(`/api/search?${p}`);
+    }
+    for (const r of page.results) $("grid").append(card(r, openDetail));
+    nextOffset = page.next_offset;
+    const n = $("grid").children.length;
+    $("status").textContent = n ? `${n} photo${n === 1 ? "" : "s"}${nextOffset === null ? "" : " (scroll for more)"}`
+      : "no photo matches";
+    showError("");
+  } catch (e) {
+    nextOffset = null;
+    showError(e.message);
+  } finally {
+    loading = false;
+  }
+  if (nextOffset !== null && $("sentinel").getBoundingClientRect().top < window.innerHeight) loadPage();
+}
+
+async function runCompare() {
+  const view = $("compare-view");
+  view.replaceChildren();
+  const models = [state.model || $("model").value, ...state.compare].filter((m, i, all) => m && all.indexOf(m) === i);
+  const out = await api(`/api/compare?q=${encodeURIComponent(state.q)}&models=${encodeURIComponent(models.join(","))}&k=${PAGE}`);
+  for (const [model, results] of Object.entries(out)) {
+    const column = document.createElement("section");
+    const title = document.createElement("h2");
+    title.textContent = model;
+    const grid = document.createElement("div");
+    grid.className = "grid";
+    for (const r of results) grid.append(card(r, openDetail));
+    column.append(title, grid);
+    view.append(column);
+  }
+  $("status").textContent = `${models.length} models side by side; ✓ marks photos the others also found`;
+}
+
+async function run() {
+  $("grid").replaceChildren();
+  $("compare-view").replaceChildren();
+  $("q").value = state.q;
+  if (state.model) $("model").value = state.model;
+  const comparing = state.compare.length > 0 && state.q;
+  $("grid").hidden = comparing;
+  $("compare-view").hidden = !comparing;
+  showError("");
+  if (!state.q && !state.similar) { $("status").textContent = ""; nextOffset = null; return; }
+  if (comparing) {
+    nextOffset = null;
+    try { await runCompare(); } catch (e) { showError(e.message); }
+    return;
+  }
+  nextOffset = 0;
+  await loadPage();
+}
+
+function urlOf(s) {
+  const p = new URLSearchParams();
+  if (s.q) p.set("q", s.q);
+  if (s.similar && s.similar !== "upload") p.set("similar", s.similar);
+  if (s.model) p.set("model", s.model);
+  if (s.compare.length) p.set("compare", s.compare.join(","));
+  return p.toString() ? `/?${p}` : "/";
+}
+
+function go(changes) {
+  state = { ...state, ...changes };
+  history.pushState(state, "", urlOf(state));
+  run();
+}
+
+function fromUrl() {
+  const p = new URLSearchParams(location.search);
+  state = {
+    q: p.get("q") || "",
+    similar: p.get("similar") ? Number(p.get("similar")) : null,
+    model: p.get("model") || "",
+    compare: (p.get("compare") || "").split(",").filter(Boolean),
+  };
+}
+
+function search(file) {
+  const compare = $("compare").checked ? [...$("compare-models").selectedOptions].map((o) => o.value) : [];
+  if (file) {
+    lastUpload = file;
+    go({ q: "", similar: "upload", compare: [] });
+  } else {
+    go({ q: $("q").value.trim(), similar: null, model: $("model").value, compare });
+  }
+}
+
+async function init() {
+  $("search-form").addEventListener("submit", (e) => { e.preventDefault(); search(); });
+  $("upload").addEventListener("change", () => $("upload").files[0] && search($("upload").files[0]));
+  $("detail-close").addEventListener("click", () => $("detail").close());
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "/" && !["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement.tagName)) {
+      e.preventDefault();
+      $("q").focus();
+    }
+  });
+  document.addEventListener("dragover", (e) => { e.preventDefault(); $("drop").hidden = false; });
+  $("drop").addEventListener("dragleave", () => { $("drop").hidden = true; });
+  document.addEventListener("drop", (e) => {
+    e.preventDefault();
+    $("drop").hidden = true;
+    const file = e.dataTransfer.files[0];
+    if (file) search(file);
+  });
+  new IntersectionObserver((entries) => { if (entries[0].isIntersecting) loadPage(); }).observe($("sentinel"));
+  window.addEventListener("popstate", () => { fromUrl(); run(); });
+  try {
+    const status = await api("/api/status");
+    for (const m of status.models.filter((m) => m.indexed)) {
+      for (const select of [$("model"), $("compare-models")]) {
+        const option = document.createElement("option");
+        option.value = m.model;
+        option.textContent = m.model.length > 40 ? "…" + m.model.slice(-39) : m.model;
+        select.append(option);
+      }
+    }
+  } catch (e) { showError(e.message); }
+  document.body.dataset.ready = "1";
+  fromUrl();
+  run();
+}
+
+init();

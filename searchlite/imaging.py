@@ -19,12 +19,17 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from searchlite.errors import ImageDecodeError
+from searchlite.rawphoto import RAW_EXTENSIONS, decode_raw
 
+HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})
 #: File extensions the scanner picks up (compared case-insensitively).
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
-     ".pbm", ".pnm", ".tga", ".ico", ".dib", ".pcx", ".sgi", ".jp2", ".j2k", ".heic", ".heif", ".avif"}
+     ".pbm", ".pnm", ".tga", ".ico", ".dib", ".pcx", ".sgi", ".jp2", ".j2k", ".avif"} | HEIF_EXTENSIONS | RAW_EXTENSIONS
 )
+#: Videos (Live Photo companions, clips) are out of scope: skipped, and counted in the run summary.
+VIDEO_EXTENSIONS = frozenset({".mov", ".mp4", ".m4v", ".avi", ".mkv", ".3gp", ".mts", ".m2ts", ".webm", ".wmv"})
+_HEIF_READY: list[bool] = []
 
 #: searchlite's one pixel limit (decompression bombs): images above it are refused with a reason.
 #: 256 MP admits stitched panoramas and 200 MP phone sensors; Pillow's own, lower limit (179 MP)
@@ -130,7 +135,7 @@ def exif_meta(exif: Image.Exif) -> tuple[datetime | None, int | None, str | None
         exif_ifd = {}
     for date_tag, offset_tag, ifd, name in _DATE_TAGS:
         where = exif_ifd if ifd else exif
-        taken = parse_exif_date(where.get(date_tag))
+        taken = parse_exif_date(where.get(date_tag) or (exif.get(date_tag) if ifd else None))
         if taken is not None:
             offset, source = parse_offset(exif_ifd.get(offset_tag)), name
             break
@@ -139,6 +144,18 @@ def exif_meta(exif: Image.Exif) -> tuple[datetime | None, int | None, str | None
     if len(parts) == 2 and parts[1].startswith(parts[0]):
         parts = parts[1:]
     return taken, offset, source, (" ".join(parts) or None)
+
+
+def _register_heif() -> None:
+    """Let Pillow open HEIC/HEIF (pillow-heif, once per process; AVIF is Pillow's own)."""
+    if not _HEIF_READY:
+        try:
+            from pillow_heif import register_heif_opener
+
+            register_heif_opener()
+        except ImportError:
+            pass  # such a file then fails with a reason that names the package (see load_image)
+        _HEIF_READY.append(True)
 
 
 def _open(fp) -> Image.Image:
@@ -155,13 +172,20 @@ def _open(fp) -> Image.Image:
 
 
 def load_image(source: str | Path | bytes, target_size: tuple[int, int] | None = None,
-               draft: bool = True, max_pixels: int = MAX_PIXELS, mtime_ns: int | None = None) -> LoadedImage:
-    """Decode one image to RGB, EXIF-rotated, optionally draft-decoded near ``target_size``;
-    an animated image gives its first frame. ``mtime_ns`` is the capture-date fallback.
+               draft: bool = True, max_pixels: int = MAX_PIXELS, mtime_ns: int | None = None,
+               suffix: str | None = None) -> LoadedImage:
+    """Decode one image to RGB, upright, optionally draft-decoded near ``target_size``; an
+    animated image (or a motion photo) gives its first frame, a multi-image HEIC its primary image,
+    a camera RAW its preview or a half-size demosaic. ``suffix`` (default: the path's) routes RAW
+    files to rawpy; ``mtime_ns`` is the capture-date fallback.
 
     Raises :class:`ImageDecodeError` with a one-line reason for anything that is not a readable image.
     """
+    suffix = (suffix or ("" if isinstance(source, bytes) else Path(source).suffix)).lower()
+    _register_heif()
     try:
+        if suffix in RAW_EXTENSIONS:
+            return _load_raw(source, target_size, max_pixels, mtime_ns, suffix)
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
         with _open(fp) as img:
             fmt = img.format or "?"
@@ -190,9 +214,36 @@ def load_image(source: str | Path | bytes, target_size: tuple[int, int] | None =
     except PermissionError as exc:
         raise ImageDecodeError("permission denied") from exc
     except Image.UnidentifiedImageError as exc:
+        if suffix in HEIF_EXTENSIONS and not _heif_available():
+            raise ImageDecodeError("HEIC/HEIF photos need pillow-heif: pip install pillow-heif") from exc
         raise ImageDecodeError("not an image (unrecognised format)") from exc
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
         raise ImageDecodeError(f"cannot decode: {exc}") from exc
     if taken is None and mtime_ns:
         taken, source_name = local_time_of(mtime_ns), "mtime"
     return LoadedImage(rgb, width, height, fmt, taken, camera, source_name, offset)
+
+
+def _heif_available() -> bool:
+    try:
+        import pillow_heif  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _load_raw(source: str | Path | bytes, target_size: tuple[int, int] | None, max_pixels: int,
+              mtime_ns: int | None, suffix: str) -> LoadedImage:
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    image, width, height, taken = decode_raw(data, target_size, max_pixels)
+    offset, source_name, camera = None, "raw" if taken else None, None
+    try:  # TIFF-based RAWs (DNG, NEF, CR2, ARW, PEF...) carry EXIF Pillow can read
+        with _open(io.BytesIO(data)) as header:
+            exif_taken, offset, exif_source, camera = exif_meta(header.getexif())
+        if exif_taken is not None:
+            taken, source_name = exif_taken, exif_source
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError):
+        pass
+    if taken is None and mtime_ns:
+        taken, source_name = local_time_of(mtime_ns), "mtime"
+    return LoadedImage(image, width, height, suffix.lstrip(".").upper(), taken, camera, source_name, offset)

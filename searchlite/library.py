@@ -129,7 +129,7 @@ class Library:
     # -- writing -------------------------------------------------------------------------------------
     def index(self, paths: Sequence[str | Path], models: Sequence[str] = (), *, index_type: str | None = None,
               workers: int | None = None, draft: bool = True, include_hidden: bool = False,
-              progress: Callable[[int, int], None] | None = None) -> IndexStats:
+              raw_pairs: str = "prefer-jpeg", progress: Callable[[int, int], None] | None = None) -> IndexStats:
         """Incrementally index folders with one or more models (default: the models that have
         indexed this library, else the default model)."""
         if models:
@@ -142,7 +142,7 @@ class Library:
         loaded = [(spec, self.embedder(spec)) for spec in specs]
         pairs = [(self.register(spec, emb, indexed=True, index_type=index_type), emb) for spec, emb in loaded]
         indexer = Indexer(self.catalog, pairs, batch_size=self.batch_size, workers=workers, draft=draft,
-                          include_hidden=include_hidden)
+                          include_hidden=include_hidden, raw_pairs=raw_pairs)
         stats = indexer.run([Path(p) for p in paths], progress=progress)
         for row, emb in pairs:  # the model is loaded now: the cheapest moment for the one-time export
             self.export_text(row, emb)

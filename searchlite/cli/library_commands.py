@@ -42,6 +42,8 @@ def index(
     device: DeviceOpt = "auto",
     no_draft: Annotated[bool, typer.Option("--no-draft", help="Full JPEG decode (exact parity).")] = False,
     hidden: Annotated[bool, typer.Option("--hidden", help="Also index hidden folders and files.")] = False,
+    raw_pairs: Annotated[str, typer.Option("--raw-pairs", help="prefer-jpeg: a RAW beside a JPEG/HEIC of the same "
+                                           "name is one photo, shown as the JPEG; both: index each")] = "prefer-jpeg",
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -55,14 +57,15 @@ def index(
 
     try:
         stats = lib.index(paths, model or (), index_type=index_type, workers=workers, draft=not no_draft,
-                          include_hidden=hidden, progress=progress)
+                          include_hidden=hidden, raw_pairs=raw_pairs, progress=progress)
     finally:
         progress.close()
     if as_json:
         print(json.dumps(stats.as_dict(), indent=1))
         return
     print(f"added {stats.added}, updated {stats.updated}, moved {stats.moved}, removed {stats.removed}, "
-          f"failed {stats.failed}, unchanged {stats.unchanged} in {stats.seconds:.1f}s")
+          f"failed {stats.failed}, unchanged {stats.unchanged}" + (f", {stats.skipped} videos skipped" if stats.skipped
+                                                                     else "") + f" in {stats.seconds:.1f}s")
     for model_id, factory in stats.index.items():
         print(f"index for {model_id}: {factory}")
     if stats.failed:

@@ -31,7 +31,7 @@ from sqlalchemy import delete, insert, select
 from searchlite.catalog import Catalog, ImageRow, ModelRow, RunRow, VectorRow, utcnow
 from searchlite.errors import ImageDecodeError, LibraryError
 from searchlite.imaging import load_image
-from searchlite.indexer.scan import SCAN_CHUNK, ScanTable, resolve_root, walk
+from searchlite.indexer.scan import RAW_PAIRS, SCAN_CHUNK, FileEntry, ScanTable, resolve_root, walk
 from searchlite.locking import library_lock
 from searchlite.models.base import Embedder
 from searchlite.store import VectorWriter
@@ -86,7 +86,8 @@ class _Done:
 class Indexer:
     """Runs one incremental index pass of some roots with some models."""
 
-    def __init__(self, catalog: Catalog, models: Sequence[tuple[ModelRow, Embedder]], *, batch_size: int = 32, workers: int | None = None, draft: bool = True, include_hidden: bool = False,
+    def __init__(self, catalog: Catalog, models: Sequence[tuple[ModelRow, Embedder]], *, batch_size: int = 32,
+                 raw_pairs: str = "prefer-jpeg", workers: int | None = None, draft: bool = True, include_hidden: bool = False,
                  checkpoint_seconds: float = CHECKPOINT_SECONDS) -> None:
         self.catalog = catalog
         self.models = [m for m, _ in models]
@@ -95,6 +96,9 @@ class Indexer:
         self.workers = workers or max(1, min(8, os.cpu_count() or 1))
         self.draft = draft
         self.include_hidden = include_hidden
+        if raw_pairs not in RAW_PAIRS:
+            raise LibraryError(f"--raw-pairs must be one of {', '.join(RAW_PAIRS)}")
+        self.raw_pairs = raw_pairs
         self.checkpoint_seconds = checkpoint_seconds
         self.stats = IndexStats()
         self._vanished: dict[str, int] = {}
@@ -140,7 +144,8 @@ class Indexer:
         try:
             sizes = [self.embedders[i].image_size for i in needs]
             target = (max(s[0] for s in sizes), max(s[1] for s in sizes))
-            loaded = load_image(data, target_size=target, draft=self.draft, mtime_ns=work.mtime_ns)
+            loaded = load_image(data, target_size=target, draft=self.draft, mtime_ns=work.mtime_ns,
+                                suffix=work.path.suffix)
             pixels = {i: self.embedders[i].preprocess(loaded.image) for i in needs}
         except ImageDecodeError as exc:
             return _Done(work, sha=sha, error=str(exc))
@@ -228,10 +233,13 @@ class Indexer:
             scanned = []
             for root in roots:
                 root_id, prefix = resolve_root(self.catalog, root)
-                entries = walk(root, self.include_hidden)
+                skipped: dict[str, int] = {}
+                entries = walk(root, self.include_hidden, self.raw_pairs, skipped)
                 while chunk := [e for _, e in zip(range(SCAN_CHUNK), entries)]:
-                    scan.add(root_id, [type(e)(prefix + e.relpath, e.size, e.mtime_ns, e.error) for e in chunk])
+                    scan.add(root_id, [FileEntry(prefix + e.relpath, e.size, e.mtime_ns, e.error,
+                                                 prefix + e.companion if e.companion else None) for e in chunk])
                 scanned.append((root_id, prefix))
+                self.stats.skipped += skipped.get("videos", 0)
             self.stats.unchanged = scan.unchanged
             self._vanished = scan.vanished(scanned)
             total = scan.count("new") + scan.count("changed")

@@ -18,26 +18,50 @@ from sqlalchemy import and_, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from searchlite.catalog import Catalog, ImageRow, Root
-from searchlite.imaging import IMAGE_EXTENSIONS
+from searchlite.imaging import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from searchlite.rawphoto import RAW_EXTENSIONS
 
 SCAN_CHUNK = 2000
+RAW_PAIRS = ("prefer-jpeg", "both")
+#: The developed half of a RAW+JPEG pair (an iPhone's ProRAW pairs with a HEIC).
+DEVELOPED = frozenset({".jpg", ".jpeg", ".heic", ".heif"})
 
 
 @dataclass(frozen=True)
 class FileEntry:
-    """A candidate image file; ``error`` is set for entries that cannot even be stat'ed."""
+    """A candidate image file; ``error`` is set for entries that cannot even be stat'ed;
+    ``companion`` is the RAW file paired with this JPEG (same folder, same stem)."""
 
     relpath: str
     size: int
     mtime_ns: int
     error: str | None = None
+    companion: str | None = None
 
 
-def walk(root: Path, include_hidden: bool = False) -> Iterator[FileEntry]:
+def pair_raws(names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """For the files of one folder: the names to index, and developed name -> its RAW companion.
+    A RAW whose stem has a JPEG/HEIC beside it is one photo with it, shown as the JPEG."""
+    developed = {os.path.splitext(n)[0].lower(): n for n in names if os.path.splitext(n)[1].lower() in DEVELOPED}
+    keep, companions = [], {}
+    for name in names:
+        stem, ext = os.path.splitext(name)
+        partner = developed.get(stem.lower()) if ext.lower() in RAW_EXTENSIONS else None
+        if partner is None:
+            keep.append(name)
+        else:
+            companions[partner] = name
+    return keep, companions
+
+
+def walk(root: Path, include_hidden: bool = False, raw_pairs: str = "prefer-jpeg",
+         skipped: dict[str, int] | None = None) -> Iterator[FileEntry]:
     """Yield image files under ``root`` (streaming, sorted per folder).
 
     Symlinked folders are followed, but a folder already visited (same device and inode) is
     never entered twice, so symlink loops terminate. Dangling links come back with an error.
+    With ``raw_pairs="prefer-jpeg"`` a RAW+JPEG pair yields the JPEG with the RAW as companion.
+    Videos are counted in ``skipped["videos"]``.
     """
     seen: set[tuple[int, int]] = set()
     stack = [root]
@@ -55,7 +79,7 @@ def walk(root: Path, include_hidden: bool = False) -> Iterator[FileEntry]:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
             continue
-        subdirs = []
+        subdirs, files = [], []
         for entry in entries:
             if not include_hidden and entry.name.startswith("."):
                 continue
@@ -66,9 +90,20 @@ def walk(root: Path, include_hidden: bool = False) -> Iterator[FileEntry]:
             if is_dir:
                 subdirs.append(Path(entry.path))
                 continue
-            if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+            ext = os.path.splitext(entry.name)[1].lower()
+            if ext in IMAGE_EXTENSIONS:
+                files.append(entry)
+            elif ext in VIDEO_EXTENSIONS and skipped is not None:
+                skipped["videos"] = skipped.get("videos", 0) + 1
+        names, companions = pair_raws([e.name for e in files]) if raw_pairs == "prefer-jpeg" else (
+            [e.name for e in files], {})
+        keep = set(names)
+        for entry in files:
+            if entry.name not in keep:
                 continue
             rel = Path(entry.path).relative_to(root).as_posix()
+            companion = companions.get(entry.name)
+            companion = (Path(entry.path).parent / companion).relative_to(root).as_posix() if companion else None
             try:
                 stat = entry.stat(follow_symlinks=True)
             except FileNotFoundError:
@@ -77,7 +112,7 @@ def walk(root: Path, include_hidden: bool = False) -> Iterator[FileEntry]:
             except OSError as exc:
                 yield FileEntry(rel, -1, 0, f"cannot stat: {exc.strerror or exc}")
                 continue
-            yield FileEntry(rel, stat.st_size, stat.st_mtime_ns)
+            yield FileEntry(rel, stat.st_size, stat.st_mtime_ns, companion=companion)
         stack.extend(reversed(subdirs))
 
 
@@ -115,29 +150,33 @@ class ScanTable:
         conn = self.conn
         rel = [e.relpath for e in entries]
         existing = {r.relpath: r for r in conn.execute(
-            select(ImageRow.id, ImageRow.relpath, ImageRow.size, ImageRow.mtime_ns, ImageRow.status, ImageRow.error)
-            .where(ImageRow.root_id == root_id, ImageRow.relpath.in_(rel)))}
+            select(ImageRow.id, ImageRow.relpath, ImageRow.size, ImageRow.mtime_ns, ImageRow.status, ImageRow.error,
+                   ImageRow.companion).where(ImageRow.root_id == root_id, ImageRow.relpath.in_(rel)))}
         scanned, fresh = [], []
         for e in entries:
             row = existing.get(e.relpath)
             if e.error:
                 if row is None:
                     fresh.append(dict(root_id=root_id, relpath=e.relpath, size=-1, mtime_ns=0, status="error",
-                                      error=e.error))
+                                      error=e.error, companion=None))
                 elif row.status != "error" or row.error != e.error:
                     conn.execute(update(ImageRow).where(ImageRow.id == row.id).values(status="error", error=e.error))
                 scanned.append((e, row.id if row else None, "error"))
             elif row is None:
                 fresh.append(dict(root_id=root_id, relpath=e.relpath, size=e.size, mtime_ns=e.mtime_ns,
-                                  status="pending", error=None))
+                                  status="pending", error=None, companion=e.companion))
                 scanned.append((e, None, "new"))
             elif row.status == "pending":
                 scanned.append((e, row.id, "new"))
+                if row.companion != e.companion:
+                    conn.execute(update(ImageRow).where(ImageRow.id == row.id).values(companion=e.companion))
             elif row.size == e.size and row.mtime_ns == e.mtime_ns:
                 self.unchanged += 1
                 scanned.append((e, row.id, "same"))
             else:
                 scanned.append((e, row.id, "changed"))
+            if row is not None and not e.error and row.status != "pending" and row.companion != e.companion:
+                conn.execute(update(ImageRow).where(ImageRow.id == row.id).values(companion=e.companion))
         if fresh:
             conn.execute(insert(ImageRow), fresh)
             ids = dict(conn.execute(select(ImageRow.relpath, ImageRow.id).where(

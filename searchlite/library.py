@@ -129,9 +129,14 @@ class Library:
     # -- writing -------------------------------------------------------------------------------------
     def index(self, paths: Sequence[str | Path], models: Sequence[str] = (), *, index_type: str | None = None,
               workers: int | None = None, draft: bool = True, include_hidden: bool = False,
-              raw_pairs: str = "prefer-jpeg", progress: Callable[[int, int], None] | None = None) -> IndexStats:
-        """Incrementally index folders with one or more models (default: the models that have
-        indexed this library, else the default model)."""
+              raw_pairs: str = "prefer-jpeg", progress: Callable[[int, int], None] | None = None,
+              engine: str = "local", ray_address: str | None = None, gpus_per_worker: float = 1.0,
+              shards: str | Path | None = None) -> IndexStats:
+        """Incrementally index folders (or URIs) with one or more models (default: the models that
+        have indexed this library, else the default model). ``engine="ray"`` runs decoding and
+        embedding on Ray Data (``workers`` = model actors there)."""
+        if engine not in ("local", "ray"):
+            raise QueryError(f"unknown engine {engine!r}; choose local or ray")
         if models:
             specs = list(models)
         else:
@@ -141,9 +146,16 @@ class Library:
             specs = [row.spec for row in rows] or [DEFAULT_MODEL]
         loaded = [(spec, self.embedder(spec)) for spec in specs]
         pairs = [(self.register(spec, emb, indexed=True, index_type=index_type), emb) for spec, emb in loaded]
-        indexer = Indexer(self.catalog, pairs, batch_size=self.batch_size, workers=workers, draft=draft,
-                          include_hidden=include_hidden, raw_pairs=raw_pairs)
-        stats = indexer.run([Path(p) for p in paths], progress=progress)
+        common = dict(batch_size=self.batch_size, draft=draft, include_hidden=include_hidden, raw_pairs=raw_pairs)
+        if engine == "ray":
+            from searchlite.indexer.ray_engine import RayIndexer
+
+            indexer: Indexer = RayIndexer(self.catalog, pairs, specs=[spec for spec, _ in loaded], address=ray_address,
+                                          gpus_per_worker=gpus_per_worker, ray_workers=workers,
+                                          shards=Path(shards) if shards else None, device=self.device, **common)
+        else:
+            indexer = Indexer(self.catalog, pairs, workers=workers, **common)
+        stats = indexer.run(list(paths), progress=progress)
         for row, emb in pairs:  # the model is loaded now: the cheapest moment for the one-time export
             self.export_text(row, emb)
         return stats

@@ -31,6 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
         folder.mkdir(mode=0o700)
         os.environ[name] = str(folder)
     os.environ.pop("SEARCHLITE_MODEL", None)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # any Ray a test starts binds loopback only
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -34,14 +34,23 @@ from searchlite.cli.common import (
 
 @app.command()
 def index(
-    paths: Annotated[list[Path], typer.Argument(help="Folders to index.")],
+    paths: Annotated[list[str], typer.Argument(help="Folders (or URIs: file://, s3://, gs://) to index.")],
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model spec or alias; repeat for several.")] = None,
     index_type: Annotated[str | None, typer.Option("--index", help="auto|flat|hnsw|ivf|ivfpq")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decode threads (default: cores).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decode threads (local; default: cores) "
+                                                "or model actors (ray; default: one per GPU, else 1).")] = None,
     device: DeviceOpt = "auto",
     no_draft: Annotated[bool, typer.Option("--no-draft", help="Full JPEG decode (exact parity).")] = False,
     hidden: Annotated[bool, typer.Option("--hidden", help="Also index hidden folders and files.")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="local (threads + one model) or ray (Ray Data: CPU "
+                                        "decode tasks, model actors per GPU); needs the ray extra")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join (default: start a "
+                                                    "local instance sized to the machine).")] = None,
+    gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", min=0.0, help="GPUs per model actor "
+                                                   "(ray).")] = 1.0,
+    shards: Annotated[Path | None, typer.Option("--shards", help="Keep the Parquet shards here (ray; default: "
+                                                "inside the library, deleted once committed).")] = None,
     raw_pairs: Annotated[str, typer.Option("--raw-pairs", help="prefer-jpeg: a RAW beside a JPEG/HEIC of the same "
                                            "name is one photo, shown as the JPEG; both: index each")] = "prefer-jpeg",
     library: LibraryOpt = None,
@@ -57,7 +66,8 @@ def index(
 
     try:
         stats = lib.index(paths, model or (), index_type=index_type, workers=workers, draft=not no_draft,
-                          include_hidden=hidden, raw_pairs=raw_pairs, progress=progress)
+                          include_hidden=hidden, raw_pairs=raw_pairs, progress=progress, engine=engine,
+                          ray_address=ray_address, gpus_per_worker=gpus_per_worker, shards=shards)
     finally:
         progress.close()
     if as_json:
@@ -68,6 +78,8 @@ def index(
                                                                      else "") + f" in {stats.seconds:.1f}s")
     for model_id, factory in stats.index.items():
         print(f"index for {model_id}: {factory}")
+    if stats.stages:
+        print("stages: " + ", ".join(f"{k} {v}" for k, v in stats.stages.items()))
     if stats.failed:
         print("see `searchlite errors` for the files that could not be read")
 

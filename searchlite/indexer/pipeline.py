@@ -28,10 +28,19 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, insert, select
 
-from searchlite.catalog import Catalog, ImageRow, ModelRow, RunRow, VectorRow, utcnow
+from searchlite.catalog import Catalog, ImageRow, ModelRow, RunRow, VectorRow, join_path, utcnow
 from searchlite.errors import ImageDecodeError, LibraryError
 from searchlite.imaging import load_image
-from searchlite.indexer.scan import RAW_PAIRS, SCAN_CHUNK, FileEntry, ScanTable, resolve_root, walk
+from searchlite.indexer.scan import (
+    RAW_PAIRS,
+    SCAN_CHUNK,
+    FileEntry,
+    ScanTable,
+    normalise_root,
+    resolve_root,
+    walk,
+    walk_uri,
+)
 from searchlite.locking import library_lock
 from searchlite.models.base import Embedder
 from searchlite.store import VectorWriter
@@ -56,15 +65,18 @@ class IndexStats:
     skipped: int = 0
     seconds: float = 0.0
     index: dict[str, str] = field(default_factory=dict)
+    stages: dict[str, float | int | str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 @dataclass
-class _Work:
+class Work:
+    """One file that needs decoding (and maybe embedding)."""
+
     image_id: int
-    path: Path
+    path: str  # absolute path or URI
     state: str  # new | changed | same
     old_sha: str | None
     size: int
@@ -73,14 +85,60 @@ class _Work:
 
 
 @dataclass
-class _Done:
-    work: _Work
+class Done:
+    """What decoding (and, in the Ray engine, embedding) found for one Work item."""
+
+    work: Work
     sha: str | None = None
     error: str | None = None
     moved_from: int | None = None
     same_content: bool = False
     meta: dict | None = None
-    pixels: dict[int, np.ndarray] | None = None
+    pixels: dict[int, np.ndarray] | None = None  # model position -> preprocessed input (local engine)
+    vectors: dict[int, np.ndarray] | None = None  # model position -> embedding (Ray engine)
+
+
+def read_source(path: str) -> bytes:
+    """The bytes of a local file or of a URI (file://, s3://, gs://... through pyarrow.fs)."""
+    if "://" not in path:
+        return Path(path).read_bytes()
+    from pyarrow import fs
+
+    filesystem, inner = fs.FileSystem.from_uri(path)
+    with filesystem.open_input_stream(inner) as stream:
+        return stream.read()
+
+
+def decode(work: Work, preprocessors: Sequence[Callable], sizes: Sequence[tuple[int, int]],
+           vanished: dict[str, int], draft: bool) -> Done:
+    """Read once, hash, decode, preprocess for each model that needs it (any thread or process):
+    a new file whose hash matches a vanished image is that image moved; a changed file with the
+    same hash needs only the models that lack a vector."""
+    try:
+        data = read_source(work.path)
+    except OSError as exc:
+        return Done(work, error=f"cannot read: {exc.strerror or exc}")
+    if not data:
+        return Done(work, error="empty file (0 bytes)")
+    sha = hashlib.sha256(data).hexdigest()
+    same = work.old_sha == sha
+    moved_from = vanished.get(sha) if work.state == "new" else None
+    if moved_from is not None:
+        return Done(work, sha=sha, moved_from=moved_from)
+    # same content: only the models lacking a vector; new or changed content: every model
+    needs = work.missing if same or work.state == "same" else list(range(len(preprocessors)))
+    if not needs:
+        return Done(work, sha=sha, same_content=same)
+    try:
+        target = (max(sizes[i][0] for i in needs), max(sizes[i][1] for i in needs))
+        loaded = load_image(data, target_size=target, draft=draft, mtime_ns=work.mtime_ns,
+                            suffix=os.path.splitext(work.path)[1])
+        pixels = {i: preprocessors[i](loaded.image) for i in needs}
+    except ImageDecodeError as exc:
+        return Done(work, sha=sha, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one bad image must never stop a run
+        return Done(work, sha=sha, error=f"cannot preprocess: {type(exc).__name__}: {exc}")
+    return Done(work, sha=sha, meta=loaded.metadata(), pixels=pixels, same_content=same)
 
 
 class Indexer:
@@ -104,7 +162,7 @@ class Indexer:
         self._vanished: dict[str, int] = {}
 
     # -- what needs work ---------------------------------------------------------------------------
-    def _work_items(self, scan: ScanTable) -> Iterator[_Work]:
+    def _work_items(self, scan: ScanTable) -> Iterator[Work]:
         roots = self.catalog.roots()
         last_id = 0
         while True:
@@ -120,46 +178,27 @@ class Indexer:
                 missing = [i for i, m in enumerate(self.models) if m.id not in have.get(r.image_id, set())]
                 if r.state == "same" and not missing:
                     continue
-                yield _Work(r.image_id, Path(roots[r.root_id]) / r.relpath, r.state, r.sha256, r.size, r.mtime_ns,
-                            missing)
+                yield Work(r.image_id, join_path(roots[r.root_id], r.relpath), r.state, r.sha256, r.size,
+                           r.mtime_ns, missing)
             last_id = rows[-1].image_id
 
-    def _decode(self, work: _Work) -> _Done:
-        """Runs in a worker thread: read once, hash, decode, preprocess for each model that needs it."""
-        try:
-            data = work.path.read_bytes()
-        except OSError as exc:
-            return _Done(work, error=f"cannot read: {exc.strerror or exc}")
-        if not data:
-            return _Done(work, error="empty file (0 bytes)")
-        sha = hashlib.sha256(data).hexdigest()
-        same = work.old_sha == sha
-        moved_from = self._vanished.get(sha) if work.state == "new" else None
-        if moved_from is not None:
-            return _Done(work, sha=sha, moved_from=moved_from)
-        # same content: only the models lacking a vector; new or changed content: every model
-        needs = work.missing if same or work.state == "same" else list(range(len(self.embedders)))
-        if not needs:
-            return _Done(work, sha=sha, same_content=same)
-        try:
-            sizes = [self.embedders[i].image_size for i in needs]
-            target = (max(s[0] for s in sizes), max(s[1] for s in sizes))
-            loaded = load_image(data, target_size=target, draft=self.draft, mtime_ns=work.mtime_ns,
-                                suffix=work.path.suffix)
-            pixels = {i: self.embedders[i].preprocess(loaded.image) for i in needs}
-        except ImageDecodeError as exc:
-            return _Done(work, sha=sha, error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - one bad image must never stop a run
-            return _Done(work, sha=sha, error=f"cannot preprocess: {type(exc).__name__}: {exc}")
-        return _Done(work, sha=sha, meta=loaded.metadata(), pixels=pixels, same_content=same)
+    def _decode(self, work: Work) -> Done:
+        """Runs in a decode thread."""
+        return decode(work, [e.preprocess for e in self.embedders], [e.image_size for e in self.embedders],
+                      self._vanished, self.draft)
 
     # -- embed + commit ------------------------------------------------------------------------------
-    def _commit(self, batch: list[_Done], writer: VectorWriter) -> None:
+    def _commit(self, batch: list[Done], writer: VectorWriter) -> None:
+        """Embed what needs it, append the vectors (fsynced), then one catalog transaction."""
         staged: dict[int, list[tuple[int, int]]] = {}  # image id -> [(model ref, store row)]
         for i, emb in enumerate(self.embedders):
             members = [d for d in batch if d.pixels and i in d.pixels]
+            vectors = [emb.embed_pixels(np.stack([d.pixels[i] for d in members]))] if members else []
+            ready = [d for d in batch if d.vectors and i in d.vectors]
+            members += ready
+            vectors += [np.stack([d.vectors[i] for d in ready])] if ready else []
             if members:
-                rows = writer.append(self.models[i].id, emb.embed_pixels(np.stack([d.pixels[i] for d in members])))
+                rows = writer.append(self.models[i].id, np.concatenate(vectors))
                 for d, row in zip(members, rows):
                     staged.setdefault(d.work.image_id, []).append((self.models[i].id, row))
         now = utcnow()
@@ -173,7 +212,7 @@ class Indexer:
             raise
         writer.committed()
 
-    def _apply(self, s, d: _Done, vectors: list[tuple[int, int]], now) -> None:
+    def _apply(self, s, d: Done, vectors: list[tuple[int, int]], now) -> None:
         row = s.get(ImageRow, d.work.image_id)
         if row is None:
             return
@@ -211,16 +250,13 @@ class Indexer:
             s.execute(insert(VectorRow), [dict(model_ref=m, store_row=r, image_id=row.id) for m, r in vectors])
 
     # -- the run -------------------------------------------------------------------------------------
-    def run(self, roots: Sequence[Path], progress: Callable[[int, int], None] | None = None) -> IndexStats:
-        """Index ``roots``; ``progress(done, total)`` is called as images are processed."""
-        roots = [Path(r).expanduser().resolve() for r in roots]
-        for r in roots:
-            if not r.is_dir():
-                raise LibraryError(f"not a folder: {r}")
+    def run(self, roots: Sequence[str | Path], progress: Callable[[int, int], None] | None = None) -> IndexStats:
+        """Index ``roots`` (folders or URIs); ``progress(done, total)`` is called as images are processed."""
+        folders = [normalise_root(r) for r in roots]
         with library_lock(self.catalog.folder, "index"):
-            return self._run(roots, progress)
+            return self._run(folders, progress)
 
-    def _run(self, roots: list[Path], progress: Callable[[int, int], None] | None) -> IndexStats:
+    def _run(self, roots: list[str], progress: Callable[[int, int], None] | None) -> IndexStats:
         start = time.perf_counter()
         with self.catalog.WriteSession.begin() as s:
             run_row = RunRow()
@@ -228,13 +264,16 @@ class Indexer:
             s.flush()
             run_id = run_row.id
         writer = VectorWriter(self.catalog, self.models)
+        self._before_scan(writer)
         scan = ScanTable(self.catalog)
         try:
             scanned = []
             for root in roots:
                 root_id, prefix = resolve_root(self.catalog, root)
                 skipped: dict[str, int] = {}
-                entries = walk(root, self.include_hidden, self.raw_pairs, skipped)
+                lister = walk_uri if "://" in root else walk
+                entries = lister(Path(root) if "://" not in root else root, self.include_hidden, self.raw_pairs,
+                                 skipped)
                 while chunk := [e for _, e in zip(range(SCAN_CHUNK), entries)]:
                     scan.add(root_id, [FileEntry(prefix + e.relpath, e.size, e.mtime_ns, e.error,
                                                  prefix + e.companion if e.companion else None) for e in chunk])
@@ -257,6 +296,9 @@ class Indexer:
             row.stats = json.dumps(self.stats.as_dict())
         return self.stats
 
+    def _before_scan(self, writer: VectorWriter) -> None:
+        """A hook for engines with work left over from an interrupted run (nothing locally)."""
+
     def _embed_all(self, scan: ScanTable, writer: VectorWriter, total: int,
                    progress: Callable[[int, int], None] | None) -> None:
         done = 0
@@ -265,7 +307,7 @@ class Indexer:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
             pending: deque[Future] = deque()
             items = self._work_items(scan)
-            batch: list[_Done] = []
+            batch: list[Done] = []
             exhausted = False
             while pending or not exhausted:
                 while not exhausted and len(pending) < window:

@@ -18,6 +18,7 @@ from sqlalchemy import and_, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from searchlite.catalog import Catalog, ImageRow, Root
+from searchlite.errors import LibraryError
 from searchlite.imaging import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from searchlite.rawphoto import RAW_EXTENSIONS
 
@@ -224,6 +225,7 @@ class ScanTable:
         rows = self.conn.execute(text(
             "SELECT s.image_id, s.state, s.size, s.mtime_ns, i.sha256, i.relpath, i.root_id FROM temp.scan s "
             "JOIN images i ON i.id = s.image_id WHERE s.image_id > :after AND s.state != 'error' "
+            "AND NOT (s.state = 'same' AND i.status = 'error') "
             "ORDER BY s.image_id LIMIT :limit"), {"after": after_id, "limit": limit}).all()
         self.conn.rollback()
         return rows
@@ -234,12 +236,73 @@ class ScanTable:
         return int(n or 0)
 
 
-def resolve_root(catalog: Catalog, folder: Path) -> tuple[int, str]:
-    """The catalog root for a folder and the relpath prefix of the folder inside it.
+def normalise_root(value: str | Path) -> str:
+    """An absolute folder path, or a URI without a trailing slash (file:// URIs become paths);
+    a one-line error when it is not a folder."""
+    text = str(value)
+    if text.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        text = unquote(urlparse(text).path)
+    if "://" in text:
+        from pyarrow import fs
+
+        try:
+            filesystem, inner = fs.FileSystem.from_uri(text)
+            is_dir = filesystem.get_file_info(inner).type == fs.FileType.Directory
+        except (OSError, ValueError) as exc:
+            raise LibraryError(f"cannot list {text}: {exc}") from exc
+        if not is_dir:
+            raise LibraryError(f"not a folder: {text}")
+        return text.rstrip("/")
+    path = Path(text).expanduser().resolve()
+    if not path.is_dir():
+        raise LibraryError(f"not a folder: {path}")
+    return str(path)
+
+
+def walk_uri(uri: str, include_hidden: bool = False, raw_pairs: str = "prefer-jpeg",
+             skipped: dict[str, int] | None = None) -> Iterator[FileEntry]:
+    """Image files under a URI (s3://, gs://, hdfs://... through pyarrow.fs), by folder, sorted."""
+    from pyarrow import fs
+
+    filesystem, inner = fs.FileSystem.from_uri(uri)
+    infos = filesystem.get_file_info(fs.FileSelector(inner, recursive=True))
+    folders: dict[str, list] = {}
+    for info in infos:
+        if info.type != fs.FileType.File:
+            continue
+        rel = info.path[len(inner.rstrip("/")) + 1:]
+        if not include_hidden and any(part.startswith(".") for part in rel.split("/")):
+            continue
+        ext = os.path.splitext(rel)[1].lower()
+        if ext in VIDEO_EXTENSIONS and skipped is not None:
+            skipped["videos"] = skipped.get("videos", 0) + 1
+        elif ext in IMAGE_EXTENSIONS:
+            folders.setdefault(rel.rpartition("/")[0], []).append((rel.rpartition("/")[2], info))
+    for folder in sorted(folders):
+        files = dict(sorted(folders[folder]))
+        names, companions = pair_raws(list(files)) if raw_pairs == "prefer-jpeg" else (list(files), {})
+        for name in names:
+            info = files[name]
+            prefix = f"{folder}/" if folder else ""
+            companion = prefix + companions[name] if name in companions else None
+            yield FileEntry(prefix + name, info.size, info.mtime_ns or 0, companion=companion)
+
+
+def resolve_root(catalog: Catalog, folder: str) -> tuple[int, str]:
+    """The catalog root for a folder (or URI) and the relpath prefix of the folder inside it.
 
     A folder inside a known root is indexed as part of that root (no duplicate rows); a folder
     that contains known roots adopts them, so their images keep their ids and vectors.
     """
+    if "://" in folder:
+        with catalog.WriteSession.begin() as s:
+            for root in s.scalars(select(Root).where(Root.path.like("%://%"))):
+                if folder.startswith(root.path + "/"):
+                    return root.id, folder[len(root.path) + 1:] + "/"
+            return catalog.root_id(s, folder), ""
+    folder = Path(folder)
     with catalog.WriteSession.begin() as s:
         roots = {r.id: Path(r.path) for r in s.scalars(select(Root)) if "://" not in r.path}
         for root_id, path in roots.items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -59,6 +59,9 @@ class Embedder(Protocol):
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """One RGB PIL image -> float32 CHW model input (thread-safe, no torch state)."""
+
+    def preprocessor(self) -> Callable[[Image.Image], np.ndarray]:
+        """``preprocess`` as a picklable callable that does not carry the model (for other processes)."""
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Stacked model inputs (n, C, H, W) -> float32 (n, d), L2-normalised."""

@@ -146,10 +146,13 @@ def _export_onnx(embedder: Any, names: list[str], sample: dict[str, np.ndarray],
     tower = TextTower().eval()
     args = tuple(torch.from_numpy(sample[n]) for n in names)
     axes = {n: {0: "batch", 1: "tokens"} for n in names}
+    import warnings
+
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX form
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent branches
             torch.onnx.export(tower, args, str(path), input_names=names, output_names=["features"],
                               dynamic_axes={**axes, "features": {0: "batch"}}, opset_version=17, dynamo=False)
     finally:

@@ -133,6 +133,10 @@ class HFEmbedder(TorchEmbedder):
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return self.processor(images=image, return_tensors="np")["pixel_values"][0].astype(np.float32)
 
+    def preprocessor(self) -> ProcessorPixels:
+        """``preprocess`` without the model: picklable, for decode tasks in other processes."""
+        return ProcessorPixels(self.processor)
+
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         out = self.model.get_image_features(pixel_values=pixels)
         return getattr(out, "pooler_output", out)
@@ -142,3 +146,13 @@ class HFEmbedder(TorchEmbedder):
         enc = {k: v.to(self.device) for k, v in enc.items()}
         out = self.model.get_text_features(**enc)
         return getattr(out, "pooler_output", out)
+
+
+class ProcessorPixels:
+    """A transformers image processor as image -> float32 CHW array."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        return self.processor(images=image, return_tensors="np")["pixel_values"][0].astype(np.float32)

@@ -84,8 +84,22 @@ class OpenClipEmbedder(TorchEmbedder):
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return self.transform(image).numpy().astype(np.float32, copy=False)
 
+    def preprocessor(self) -> TransformPixels:
+        """``preprocess`` without the model: picklable, for decode tasks in other processes."""
+        return TransformPixels(self.transform)
+
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
 
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(texts).to(self.device))
+
+
+class TransformPixels:
+    """open_clip's torchvision transform as image -> float32 CHW array."""
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        return self.transform(image).numpy().astype(np.float32, copy=False)

@@ -1,7 +1,8 @@
-"""Decode + preprocess speed of 12 MP photos, JPEG draft mode vs full decode, and its effect on
-embeddings (cosine of draft vs full-decode embeddings).
+"""Decode + preprocess speed of 12 MP photos per format: JPEG (full and draft), PNG, WebP, HEIC,
+AVIF, and camera RAW (a DNG with its embedded JPEG preview, and one without a preview, which is
+demosaiced at half size); and the effect of draft mode on embeddings.
 
-    python benchmarks/decode.py [--images 6] [--model demo] [--model openclip:ViT-B-16-SigLIP@...]
+    python benchmarks/decode.py [--images 6] [--model demo] [--arch ViT-B-16-SigLIP]
 
 Synthetic 4000x3000 photos (smooth colour fields + texture + shapes, so JPEG sizes are realistic,
 ~2-4 MB) are written to a temp folder. Times are single-threaded, per image, medians.
@@ -21,12 +22,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sample_data"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def photo(seed: int, size=(4000, 3000)) -> Image.Image:
-    import generate as gen
+    from searchlite.sample_data import generate as gen
 
     rng = np.random.default_rng(seed)
     low = rng.random((12, 16, 3)) * 255
@@ -36,6 +37,29 @@ def photo(seed: int, size=(4000, 3000)) -> Image.Image:
     scene = gen.sample_scene(random.Random(seed), "test")
     img.paste(gen.render(scene, random.Random(seed), 2000, 1500).resize((2400, 1800)), (800, 600))
     return img
+
+
+def dng(path: Path, img: Image.Image, preview: bool) -> Path:
+    """A 12 MP DNG: an RGGB mosaic, with a full-size JPEG preview (as cameras embed) or none."""
+    import tifffile
+    from test_formats import write_dng
+
+    if not preview:
+        return write_dng(path, np.asarray(img), preview=False)
+    rgb = np.asarray(img)
+    lin = (rgb.astype(np.float32) / 255.0) ** 2.2 * 4095
+    cfa = np.zeros(rgb.shape[:2], np.uint16)
+    cfa[0::2, 0::2], cfa[0::2, 1::2] = lin[0::2, 0::2, 0], lin[0::2, 1::2, 1]
+    cfa[1::2, 0::2], cfa[1::2, 1::2] = lin[1::2, 0::2, 1], lin[1::2, 1::2, 2]
+    common = [(50706, "B", 4, (1, 4, 0, 0), True), (50708, "s", 0, "bench", True), (274, "H", 1, 1, True)]
+    raw_tags = [(33421, "H", 2, (2, 2), True), (33422, "B", 4, (0, 1, 1, 2), True), (50717, "H", 1, 4095, True),
+                (50721, "2i", 9, (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1), True),
+                (50728, "2I", 3, (1, 1, 1, 1, 1, 1), True)]
+    with tifffile.TiffWriter(path) as tw:  # JPEG-compressed preview (needs imagecodecs)
+        tw.write(rgb, photometric="rgb", subfiletype=1, subifds=1, extratags=common, compression="jpeg",
+                 compressionargs={"level": 90})
+        tw.write(cfa, photometric=32803, subfiletype=0, extratags=raw_tags)
+    return path
 
 
 def timed(fn, repeat: int) -> float:
@@ -58,10 +82,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    import pillow_heif
+
     from searchlite.imaging import load_image
 
+    pillow_heif.register_heif_opener()
     folder = Path(tempfile.mkdtemp())
-    jpgs, pngs, webps = [], [], []
+    jpgs, pngs, webps, heics, avifs, previews, bare = [], [], [], [], [], [], []
     for i in range(args.images):
         img = photo(i)
         jpgs.append(folder / f"{i}.jpg")
@@ -71,6 +98,12 @@ def main() -> None:
             img.save(pngs[-1], compress_level=1)
             webps.append(folder / f"{i}.webp")
             img.save(webps[-1], quality=90)
+            heics.append(folder / f"{i}.heic")
+            img.save(heics[-1], quality=90)
+            avifs.append(folder / f"{i}.avif")
+            img.save(avifs[-1], quality=80)
+            previews.append(dng(folder / f"{i}-preview.dng", img, preview=True))
+            bare.append(dng(folder / f"{i}-bare.dng", img, preview=False))
     target = (args.size, args.size)
 
     def prep(path: Path, draft: bool, reducing_gap: float | None = None) -> Image.Image:
@@ -81,7 +114,10 @@ def main() -> None:
     for name, files, kwargs in (("jpeg full", jpgs, {"draft": False}), ("jpeg draft", jpgs, {"draft": True}),
                                 ("png full", pngs, {"draft": False}),
                                 ("png reducing_gap=3", pngs, {"draft": False, "reducing_gap": 3.0}),
-                                ("webp full", webps, {"draft": False})):
+                                ("webp full", webps, {"draft": False}), ("heic", heics, {"draft": True}),
+                                ("avif", avifs, {"draft": True}), ("raw: embedded jpeg preview", previews,
+                                                                   {"draft": True}),
+                                ("raw: half-size demosaic", bare, {"draft": True})):
         per = [timed(lambda f=f, kw=kwargs: prep(f, **kw), 3) for f in files]
         rows[name] = {"ms_per_image": round(1000 * statistics.median(per), 1),
                       "img_per_s_per_core": round(1 / statistics.median(per), 2)}

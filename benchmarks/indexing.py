@@ -2,6 +2,7 @@
 allow on this machine, measured in the same run; and memory while indexing many images.
 
     python benchmarks/indexing.py efficiency [--images 24] [--arch ViT-B-16-SigLIP] [--device cpu]
+        [--formats jpeg,heic,dng,png]   (a mixed library: HEIC, RAW with its JPEG preview, PNG)
     python benchmarks/indexing.py memory [--images 10000]
 
 efficiency: a random-init open_clip model of a real architecture (same compute as trained
@@ -58,19 +59,20 @@ def efficiency(args) -> dict:
     import torch
     from decode import photo
 
-    from searchlite.catalog import Catalog
     from searchlite.imaging import load_image
     from searchlite.indexer import Indexer
+    from searchlite.library import Library
     from searchlite.models import load_embedder
 
     work = Path(tempfile.mkdtemp())
     photos = work / "photos"
     photos.mkdir()
+    formats = args.formats.split(",")
     for i in range(args.images):
-        photo(i).save(photos / f"{i:04d}.jpg", quality=90)
+        save_photo(photo(i), photos / f"{i:04d}", formats[i % len(formats)])
     spec = f"openclip:{random_openclip_folder(args.arch, work / 'model')}"
     emb = load_embedder(spec, device=args.device, batch_size=args.batch_size)
-    files = sorted(photos.iterdir())
+    files = sorted(p for p in photos.iterdir() if p.suffix != ".jpg" or not (p.with_suffix(".dng")).exists())
     cores = os.cpu_count() or 1
 
     # stage 1: decode + preprocess over all cores
@@ -90,20 +92,38 @@ def efficiency(args) -> dict:
         torch.cuda.synchronize()
     forward_rate = len(files) / (time.perf_counter() - t)
     # the real pipeline
-    catalog = Catalog(work / "lib")
-    indexer = Indexer(catalog, [(spec, emb)], batch_size=args.batch_size, workers=cores)
+    lib = Library(work / "lib", device=args.device, batch_size=args.batch_size)
+    indexer = Indexer(lib.catalog, [(lib.register(spec, emb, indexed=True), emb)], batch_size=args.batch_size,
+                      workers=cores)
     t = time.perf_counter()
     indexer.run([photos])
     pipeline_rate = len(files) / (time.perf_counter() - t)
     on_gpu = args.device.startswith("cuda")
     bound = min(forward_rate, decode_rate) if on_gpu else 1 / (1 / forward_rate + 1 / decode_rate)
-    result = {"arch": args.arch, "device": args.device, "cores": cores, "images": len(files),
+    result = {"arch": args.arch, "device": args.device, "cores": cores, "images": len(files), "formats": formats,
               "decode_img_s_all_cores": round(decode_rate, 2), "forward_img_s": round(forward_rate, 2),
               "bound_img_s": round(bound, 2), "pipeline_img_s": round(pipeline_rate, 2),
               "efficiency": round(pipeline_rate / bound, 3)}
     for k, v in result.items():
         print(f"{k:24} {v}")
     return result
+
+
+def save_photo(img, stem: Path, fmt: str) -> None:
+    """Write a photo in one of the formats of a real library (a DNG gets a full-size JPEG preview)."""
+    if fmt == "heic":
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        img.save(stem.with_suffix(".heic"), quality=90)
+    elif fmt == "dng":
+        from decode import dng
+
+        dng(stem.with_suffix(".dng"), img, preview=True)
+    elif fmt == "png":
+        img.save(stem.with_suffix(".png"), compress_level=1)
+    else:
+        img.save(stem.with_suffix(".jpg"), quality=90)
 
 
 def _rss_mb() -> float:
@@ -161,6 +181,7 @@ def main() -> None:
     parser.add_argument("--arch", default="ViT-B-16-SigLIP")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--formats", default="jpeg", help="comma-separated mix: jpeg, heic, dng, png")
     args = parser.parse_args()
     if args.what == "efficiency":
         args.images = args.images or 24

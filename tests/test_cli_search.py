@@ -130,3 +130,24 @@ def test_sort_by_date_orders_the_top_k_by_capture_time(indexed):
     assert {r.image_id for r in by_date} == {r.image_id for r in by_relevance}
     mtimes = [Path(r.path).stat().st_mtime_ns for r in by_date]
     assert mtimes == sorted(mtimes) and [r.rank for r in by_date] == list(range(1, 9))
+
+
+def test_terminal_previews_use_the_kitty_and_iterm_protocols(indexed, monkeypatch):
+    import base64
+    import io
+    import re
+
+    from searchlite.cli.common import inline_image, terminal_images
+
+    _, photos, _, _ = indexed
+    path = str(sorted((photos / "2021").iterdir())[0])
+    kitty = inline_image(path, "kitty", size=64)
+    chunks = re.findall(r"\x1b_G(.*?);(.*?)\x1b\\", kitty, flags=re.S)
+    assert chunks[0][0].startswith("f=100,a=T,") and chunks[-1][0].endswith("m=0")
+    png = Image.open(io.BytesIO(base64.b64decode("".join(c[1] for c in chunks))))
+    assert png.format == "PNG" and max(png.size) <= 64
+    iterm = inline_image(path, "iterm", size=64)
+    assert iterm.startswith("\x1b]1337;File=inline=1") and iterm.endswith("\x07")
+    assert terminal_images() is None  # not a terminal here: plain output
+    out = runner.invoke(app, ["search", "x", "-L", str(indexed[2]), "-k", "2", "--preview"])
+    assert out.exit_code == 0 and "\x1b" not in out.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -35,6 +36,8 @@ def open_library(library: Path | None, device: str = "auto", batch_size: int = 3
 #: Idle seconds after which a server started by `--serve` exits ($SEARCHLITE_SERVE_IDLE overrides).
 AUTO_SERVE_IDLE = 900.0
 
+PreviewOpt = Annotated[bool, typer.Option("--preview", "-p", help="Show thumbnails inline (kitty or iTerm2 "
+                                          "terminals; plain output elsewhere).")]
 ServeOpt = Annotated[bool, typer.Option("--serve", help="Start `searchlite serve` in the background if none runs "
                                         f"(it exits after {AUTO_SERVE_IDLE:.0f} s idle); also $SEARCHLITE_AUTO_SERVE=1.")]
 
@@ -72,7 +75,41 @@ def start_server(folder: Path) -> None:
                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
 
 
-def print_results(results, as_json: bool, paths_only: bool, what: str) -> None:
+def terminal_images() -> str | None:
+    """The inline-image protocol this terminal speaks: 'kitty', 'iterm', or None (plain output)."""
+    if not sys.stdout.isatty():
+        return None
+    if os.environ.get("KITTY_WINDOW_ID") or os.environ.get("TERM") == "xterm-kitty":
+        return "kitty"
+    if os.environ.get("TERM_PROGRAM") in ("iTerm.app", "WezTerm") or os.environ.get("LC_TERMINAL") == "iTerm2":
+        return "iterm"
+    return None
+
+
+def inline_image(path: str, protocol: str, size: int = 160) -> str:
+    """An escape sequence that shows a small thumbnail of an image inline ('' if it cannot be read)."""
+    import base64
+    import io
+
+    from searchlite.errors import ImageDecodeError
+    from searchlite.imaging import load_image
+
+    try:
+        image = load_image(path, target_size=(size, size)).image
+    except (ImageDecodeError, OSError):
+        return ""
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    data = base64.standard_b64encode(buffer.getvalue()).decode()
+    if protocol == "iterm":
+        return f"\x1b]1337;File=inline=1;preserveAspectRatio=1:{data}\x07"
+    chunks = [data[i:i + 4096] for i in range(0, len(data), 4096)]
+    return "".join(f"\x1b_G{'f=100,a=T,' if n == 0 else ''}m={int(n < len(chunks) - 1)};{chunk}\x1b\\"
+                   for n, chunk in enumerate(chunks))
+
+
+def print_results(results, as_json: bool, paths_only: bool, what: str, preview: bool = False) -> None:
     if as_json:
         print(json.dumps([r.as_dict() for r in results], indent=1))
         return
@@ -84,9 +121,12 @@ def print_results(results, as_json: bool, paths_only: bool, what: str) -> None:
             print(r.path)
         return
     width = max(len(str(len(results))), 4)
+    protocol = terminal_images() if preview else None
     print(f"{'rank':>{width}}  {'prob':>6}  {'score':>7}  path")
     for r in results:
         print(f"{r.rank:>{width}}  {r.probability:6.3f}  {r.score:7.4f}  {r.path}")
+        if protocol:
+            print(inline_image(r.path, protocol))
 
 
 class Progress:

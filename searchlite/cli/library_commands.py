@@ -22,6 +22,7 @@ from searchlite.cli.common import (
     MinProbOpt,
     MinWOpt,
     ModelOpt,
+    PreviewOpt,
     Progress,
     ServeOpt,
     app,
@@ -100,6 +101,7 @@ def search(
     candidates: Annotated[int, typer.Option("--candidates", min=1, help="First-stage pool for --rerank.")] = 100,
     fusion: Annotated[str, typer.Option("--fusion", help="replace|rrf|prob (with --rerank).")] = "replace",
     serve: ServeOpt = False,
+    preview: PreviewOpt = False,
     device: DeviceOpt = "auto",
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
@@ -114,7 +116,7 @@ def search(
                                             "ensemble": ensemble, "min_prob": min_prob, "sort": sort,
                                             "filters": filters.to_json(), "cwd": os.getcwd()}, start=serve)
         if served is not None:
-            print_results(served, as_json, paths, f'"{text}"')
+            print_results(served, as_json, paths, f'"{text}"', preview)
             return
     lib = open_library(library, device)
     if rerank:
@@ -123,7 +125,7 @@ def search(
     else:
         results = lib.search(text, model, k, template=template, min_prob=min_prob, sort=sort, filters=filters,
                              ensemble=ensemble)
-    print_results(results, as_json, paths, f'"{text}"')
+    print_results(results, as_json, paths, f'"{text}"', preview)
 
 
 @app.command()
@@ -162,6 +164,7 @@ def similar(
     min_width: MinWOpt = None, min_height: MinHOpt = None, fmt: FormatOpt = None,
     paths: Annotated[bool, typer.Option("--paths", help="Print paths only.")] = False,
     serve: ServeOpt = False,
+    preview: PreviewOpt = False,
     device: DeviceOpt = "auto",
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
@@ -172,7 +175,7 @@ def similar(
                                            "min_prob": min_prob, "filters": filters.to_json()}, start=serve)
     if results is None:
         results = open_library(library, device).similar(image, model, k, min_prob=min_prob, filters=filters)
-    print_results(results, as_json, paths, str(image))
+    print_results(results, as_json, paths, str(image), preview)
 
 
 @app.command()

@@ -297,10 +297,6 @@ class Catalog:
                 query = query.where(ModelRow.indexed.is_(True))
             return list(s.scalars(query))
 
-    def model_by_id(self, model_id: str) -> ModelRow | None:
-        with self.Session() as s:
-            return s.scalar(select(ModelRow).where(ModelRow.model_id == model_id))
-
     def add_model(self, **fields: Any) -> ModelRow:
         """Insert a model row (or return the existing one with that model_id)."""
         with self.WriteSession.begin() as s:

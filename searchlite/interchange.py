@@ -190,18 +190,12 @@ def _import_batch(catalog: Catalog, model: ModelRow, writer: VectorWriter, roots
     # L2-normalise, leaving vectors that already are unit length bit-for-bit (an export round-trips exactly)
     scale = np.where(np.abs(norms[order] - 1.0) > 1e-6, norms[order], 1.0).astype(np.float32)
     store_rows = writer.append(model.id, vectors[order] / scale[:, None])
-    try:
-        with catalog.WriteSession.begin() as s:
-            image_ids = _upsert_images(s, roots, keep, data)
-            replaced = s.execute(delete(VectorRow).where(VectorRow.model_ref == model.id,
-                                                         VectorRow.image_id.in_(image_ids))).rowcount
-            s.execute(insert(VectorRow), [dict(model_ref=model.id, store_row=r, image_id=i)
-                                          for r, i in zip(store_rows, image_ids)])
-            writer.record(s)
-    except BaseException:
-        writer.rollback()
-        raise
-    writer.committed()
+    with writer.transaction() as s:
+        image_ids = _upsert_images(s, roots, keep, data)
+        replaced = s.execute(delete(VectorRow).where(VectorRow.model_ref == model.id,
+                                                     VectorRow.image_id.in_(image_ids))).rowcount
+        s.execute(insert(VectorRow), [dict(model_ref=model.id, store_row=r, image_id=i)
+                                      for r, i in zip(store_rows, image_ids)])
     summary["replaced"] += replaced
     summary["added"] += len(keep) - replaced
     summary["imported"] += len(keep)

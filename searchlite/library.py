@@ -223,15 +223,9 @@ class Library:
             if not todo:
                 return False
             rows = writer.append(row.id, np.stack(list(todo.values())))
-            try:
-                with self.catalog.WriteSession.begin() as s:
-                    s.execute(insert(VectorRow), [dict(model_ref=row.id, store_row=r, image_id=i)
-                                                  for r, i in zip(rows, todo)])
-                    writer.record(s)
-            except BaseException:
-                writer.rollback()
-                raise
-            writer.committed()
+            with writer.transaction() as s:
+                s.execute(insert(VectorRow), [dict(model_ref=row.id, store_row=r, image_id=i)
+                                              for r, i in zip(rows, todo)])
             return True
 
     def image_vector(self, image: str | Path, row: ModelRow) -> tuple[np.ndarray, int | None]:

@@ -236,9 +236,9 @@ def test_5_touch_counts_as_unchanged(library):
     for path in photos[:20]:
         os.utime(path, ns=(time.time_ns(), time.time_ns()))
     stats = lib.index([photos[0].parent])
-    assert stats.as_dict() | {"seconds": 0, "index": {}} == {"added": 0, "updated": 0, "moved": 0, "removed": 0,
+    assert stats.as_dict() | {"seconds": 0, "index": {}, "stages": {}} == {"added": 0, "updated": 0, "moved": 0, "removed": 0,
                                                              "failed": 0, "unchanged": 40, "skipped": 0,
-                                                             "seconds": 0, "index": {}}
+                                                             "seconds": 0, "index": {}, "stages": {}}
 
 
 # -- 6. writers take the lock; deletions are durable --------------------------------------------------

@@ -202,15 +202,9 @@ class Indexer:
                 for d, row in zip(members, rows):
                     staged.setdefault(d.work.image_id, []).append((self.models[i].id, row))
         now = utcnow()
-        try:
-            with self.catalog.WriteSession.begin() as s:
-                for d in batch:
-                    self._apply(s, d, staged.get(d.work.image_id, []), now)
-                writer.record(s)
-        except BaseException:
-            writer.rollback()
-            raise
-        writer.committed()
+        with writer.transaction() as s:
+            for d in batch:
+                self._apply(s, d, staged.get(d.work.image_id, []), now)
 
     def _apply(self, s, d: Done, vectors: list[tuple[int, int]], now) -> None:
         row = s.get(ImageRow, d.work.image_id)

@@ -50,13 +50,6 @@ class ModelSpec:
     model_id: str
 
     @property
-    def local_path(self) -> Path | None:
-        """The folder or checkpoint file this spec loads from, when it is local."""
-        if self.pretrained and Path(self.pretrained).is_absolute():
-            return Path(self.pretrained)
-        return Path(self.source) if Path(self.source).is_absolute() else None
-
-    @property
     def canonical(self) -> str:
         """A spec string that loads the same model from any working directory."""
         if self.model_id.startswith("demo#"):

@@ -3,6 +3,9 @@ segments derived from them. Storage knows nothing of models beyond their dimensi
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -15,9 +18,10 @@ __all__ = ["ModelIndex", "VectorStore", "VectorWriter", "model_folder"]
 
 
 class VectorWriter:
-    """Appends vectors for several models and commits their store sizes in the caller's catalog
-    transaction (library lock held). Protocol: ``append`` (written + fsynced), then inside the
-    transaction ``record(session)``, then ``committed()`` after it commits (``rollback()`` if not)."""
+    """Appends vectors for several models and commits their store sizes with the catalog rows
+    that reference them (library lock held): ``append`` (written + fsynced), then
+    ``with writer.transaction() as session:`` add those rows; the store sizes are recorded in
+    the same transaction, and a failed transaction forgets the appended vectors."""
 
     def __init__(self, catalog: Catalog, models: list[ModelRow]) -> None:
         self.catalog = catalog
@@ -36,6 +40,18 @@ class VectorWriter:
 
     def append(self, model_ref: int, vectors: np.ndarray) -> range:
         return self.stores[model_ref].append(vectors)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """The catalog transaction that commits what was appended since the last one."""
+        try:
+            with self.catalog.WriteSession.begin() as s:
+                yield s
+                self.record(s)
+        except BaseException:
+            self.rollback()
+            raise
+        self.committed()
 
     def record(self, s: Session) -> None:
         for model_ref, store in self.stores.items():

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy import delete
@@ -188,6 +187,3 @@ class SegmentBuilder:
                 log.info("removing leftover %s", path.name)
                 path.unlink(missing_ok=True)
 
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0

@@ -46,17 +46,11 @@ def move_legacy_vectors(catalog: Catalog, chunk: int | None = None) -> int:
                 vectors = np.frombuffer(b"".join(r.vector for r in rows), dtype=np.float32).reshape(len(rows), -1)
                 store_rows = writer.append(model.id, vectors)
                 crashpoint("migrate-appended")
-                try:
-                    with catalog.WriteSession.begin() as s:
-                        s.execute(insert(VectorRow), [dict(model_ref=model.id, store_row=r, image_id=row.image_id)
-                                                      for r, row in zip(store_rows, rows)])
-                        s.execute(text("DELETE FROM embeddings WHERE model_ref = :m AND seq <= :last"),
-                                  {"m": model.id, "last": rows[-1].seq})
-                        writer.record(s)
-                except BaseException:
-                    writer.rollback()
-                    raise
-                writer.committed()
+                with writer.transaction() as s:
+                    s.execute(insert(VectorRow), [dict(model_ref=model.id, store_row=r, image_id=row.image_id)
+                                                  for r, row in zip(store_rows, rows)])
+                    s.execute(text("DELETE FROM embeddings WHERE model_ref = :m AND seq <= :last"),
+                              {"m": model.id, "last": rows[-1].seq})
                 crashpoint("migrate-committed")
                 moved += len(rows)
         with catalog.WriteSession.begin() as s:

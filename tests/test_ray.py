@@ -61,6 +61,9 @@ def test_ray_engine_matches_the_local_engine(tmp_path, photos, hf_siglip, local_
     assert distributed.errors() == local.errors()
     again = distributed.index([photos], [spec], engine="ray")
     assert (again.added, again.updated, again.unchanged) == (0, 0, 41) and again.stages == {}  # nothing embedded
+    as_uri = distributed.index([photos.as_uri()], [spec], engine="ray")  # file:// is the same root
+    assert (as_uri.added, as_uri.removed, as_uri.unchanged) == (0, 0, 41)
+    assert list(distributed.catalog.roots().values()) == [str(photos)]
 
 
 def test_a_two_node_cluster_survives_losing_a_node(tmp_path, photos, hf_siglip):

@@ -103,6 +103,8 @@ class EmbedActor:
         self.embedders = [load_embedder(spec, device=device, batch_size=batch_size) for spec in specs]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        import ray
+
         start = time.perf_counter()
         n = len(batch["image_id"])
         out = {key: value for key, value in batch.items() if not key.startswith("pixels_")}
@@ -113,6 +115,7 @@ class EmbedActor:
                 vectors[need] = emb.embed_pixels(np.asarray(batch[f"pixels_{i}"])[need])
             out[f"vector_{i}"] = vectors
         out["embed_s"] = np.full(n, (time.perf_counter() - start) / max(n, 1))
+        out["embed_node"] = [ray.get_runtime_context().get_node_id()] * n
         return out
 
 
@@ -151,7 +154,7 @@ class RayIndexer(Indexer):
                 dim = value.shape[1]
                 name = "vector" if key == "vector_0" else key  # vector: the import schema's column
                 columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(value.reshape(-1), pa.float32()), dim)
-            elif key not in ("node",):
+            elif key not in ("node", "embed_node"):
                 columns[key] = list(value) if value.dtype == object else value
         columns["sha256"] = columns.pop("sha")
         path = self.shards / f"part-{number:06d}.parquet"
@@ -236,15 +239,15 @@ class RayIndexer(Indexer):
                                self._vanished, self.draft)
         ds = ds.map_batches(decode_fn, batch_size=16, num_cpus=1, max_retries=3)
         ds = ds.map_batches(EmbedActor, fn_constructor_args=(self.specs, device, self.batch_size),
-                            batch_size=self.batch_size, concurrency=workers, max_restarts=3, max_task_retries=3,
-                            **resources)
+                            batch_size=self.batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
+                            max_restarts=3, max_task_retries=3, **resources)
         done, start, decode_s, embed_s, nodes = 0, time.perf_counter(), 0.0, 0.0, set()
         number = int(time.time() * 1000) % 10**6 * 1000
         rows = int(os.environ.get("SEARCHLITE_SHARD_ROWS", SHARD_ROWS))
         for batch in ds.iter_batches(batch_size=rows, batch_format="numpy"):
             decode_s += float(np.sum(batch["decode_s"]))
             embed_s += float(np.sum(batch["embed_s"]))
-            nodes.update(batch["node"].tolist())
+            nodes.update(batch["node"].tolist() + batch["embed_node"].tolist())  # where decoding and embedding ran
             path = self._write_shard(batch, number)
             number += 1
             crashpoint("ray-shard-written")

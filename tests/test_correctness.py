@@ -373,3 +373,16 @@ def test_bad_templates_are_one_line_errors(library, template):
     out = _cli("search", "x", "--template", template, "-L", str(lib.path))
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
 
+
+
+# -- 15. layering ----------------------------------------------------------------------------------------
+def test_15_storage_knows_nothing_of_models_and_the_cli_goes_through_library():
+    probe = ("import sys, searchlite.catalog, searchlite.migrations, searchlite.store, searchlite.store.builder, "
+             "searchlite.store.segments, searchlite.vectors, searchlite.interchange; "
+             "print(sorted(m for m in sys.modules if m.startswith(('searchlite.models', 'torch', 'transformers'))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    cli = Path(__file__).resolve().parent.parent / "searchlite" / "cli"
+    source = "\n".join(p.read_text() for p in cli.glob("*.py"))
+    for module in ("searchlite.rerank", "searchlite.calibration", "searchlite.combined", "searchlite.catalog"):
+        assert module not in source, f"the CLI reaches {module} directly instead of through Library"

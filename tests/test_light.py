@@ -78,6 +78,12 @@ def test_a_missing_or_broken_export_falls_back_to_torch(light_library, tmp_path)
     row = lib.model_row(spec)
     folder = lib.export_folder(row)
     expected = [r.image_id for r in lib.search("a red car", k=5)]
+    weights = folder / "text.onnx.data"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncated weights
+    assert load_light_encoder(folder) is None
+    weights.write_bytes(data)
+    assert load_light_encoder(folder) is not None
     (folder / "text.onnx").write_bytes(b"corrupt")
     assert load_light_encoder(folder) is None
     broken = Library(copy, device="cpu")

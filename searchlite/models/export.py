@@ -160,12 +160,16 @@ def _export_onnx(embedder: Any, names: list[str], sample: dict[str, np.ndarray],
 
 
 def _optimise(raw: Path, out: Path) -> None:
-    """Save the graph onnxruntime optimises at load, so a query's session skips that pass."""
+    """Save the graph onnxruntime optimises at load, so a query's session skips that pass, with the
+    weights beside it in ``text.onnx.data``: onnxruntime maps that file instead of parsing the
+    weights out of the protobuf (a siglip-base tower's session: 0.16 s instead of 0.35-0.77 s)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(out)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", out.name + ".data")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
 
 
@@ -204,7 +208,7 @@ def export_text_tower(embedder: Any, folder: Path) -> dict:
         meta["reason"] = f"export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     meta["seconds"] = round(time.perf_counter() - start, 2)
     if not meta["valid"]:
-        for name in ("text.onnx", "tokenizer.json", "raw.onnx"):
+        for name in ("text.onnx", "text.onnx.data", "tokenizer.json", "raw.onnx"):
             (tmp / name).unlink(missing_ok=True)
         log.warning("text tower of %s not exported for the light query path: %s", embedder.model_id, meta["reason"])
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))

@@ -3,7 +3,7 @@
 in a fraction of a second.
 
 An export folder (written by :mod:`searchlite.models.export`, which validates it against the
-torch path) holds ``text.onnx``, ``tokenizer.json`` (padding and truncation included) and
+torch path) holds ``text.onnx`` (its weights in ``text.onnx.data``), ``tokenizer.json`` (padding and truncation included) and
 ``meta.json``: the inputs the tower takes, the text cleaning open_clip applies before tokenizing
 (none for Hugging Face checkpoints), and the validation figures. Only a folder whose meta says
 ``valid`` is used; anything missing or unreadable falls back to the torch path.

@@ -15,12 +15,12 @@ import json
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scratch import scratch_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -87,7 +87,7 @@ def main() -> None:
     from searchlite.imaging import load_image
 
     pillow_heif.register_heif_opener()
-    folder = Path(tempfile.mkdtemp())
+    folder = scratch_dir()
     jpgs, pngs, webps, heics, avifs, previews, bare = [], [], [], [], [], [], []
     for i in range(args.images):
         img = photo(i)

@@ -18,11 +18,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from scratch import scratch_dir
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 HERE = Path(__file__).resolve().parent
@@ -47,7 +47,7 @@ def engines(args, photos: Path, spec: str) -> dict:
 
     out = {}
     for engine in ("local", "ray"):
-        lib = Library(Path(tempfile.mkdtemp()) / "lib", device="cpu", batch_size=args.batch_size)
+        lib = Library(scratch_dir() / "lib", device="cpu", batch_size=args.batch_size)
         lib.embedder(spec)  # model loading is not indexing
         t = time.perf_counter()
         stats = lib.index([photos], [spec], engine=engine)
@@ -107,7 +107,7 @@ def main() -> None:
     from decode import photo
     from indexing import random_openclip_folder
 
-    work = Path(tempfile.mkdtemp(prefix="searchlite-distributed-"))
+    work = scratch_dir("searchlite-distributed-")
     photos = work / "photos"
     photos.mkdir()
     for i in range(args.images):

@@ -20,13 +20,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from scratch import scratch_dir
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -64,7 +64,7 @@ def efficiency(args) -> dict:
     from searchlite.library import Library
     from searchlite.models import load_embedder
 
-    work = Path(tempfile.mkdtemp())
+    work = scratch_dir()
     photos = work / "photos"
     photos.mkdir()
     formats = args.formats.split(",")
@@ -140,7 +140,7 @@ def memory(args) -> dict:
 
     from searchlite.library import Library
 
-    work = Path(tempfile.mkdtemp())
+    work = scratch_dir()
     model = tiny_models.build_siglip(work / "model")
     photos = work / "photos"
     rng = np.random.default_rng(0)

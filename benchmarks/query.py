@@ -18,11 +18,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from scratch import scratch_dir
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="searchlite-query-"))
+    work = args.work or scratch_dir("searchlite-query-")
     work.mkdir(parents=True, exist_ok=True)
     model = random_hf_siglip_base(work / "siglip-base-random")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}

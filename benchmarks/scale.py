@@ -24,12 +24,12 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+from scratch import scratch_dir
 
 HERE = Path(__file__).resolve()
 SHARD = 1_000_000
@@ -283,7 +283,7 @@ def main() -> None:
     if args.mode == "phase":
         print(json.dumps(PHASES[args.phase_name](args)))
         return
-    work = args.work or Path(tempfile.mkdtemp(prefix="searchlite-scale-"))
+    work = args.work or scratch_dir("searchlite-scale-")
     work.mkdir(parents=True, exist_ok=True)
     args.library = work / "library"
     shutil.rmtree(args.library, ignore_errors=True)
@@ -339,8 +339,6 @@ def main() -> None:
     for what, text in rows:
         print(f"{what:24} {text}")
     print(json.dumps(result))
-    if args.work is None:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

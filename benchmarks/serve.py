@@ -18,13 +18,14 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.error import HTTPError
 from urllib.parse import urlencode
 from urllib.request import urlopen
+
+from scratch import scratch_dir
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="searchlite-serve-"))
+    work = scratch_dir("searchlite-serve-")
     lib = build(work, args.images)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "searchlite", "serve", "-L", str(lib), "--http",

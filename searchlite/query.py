@@ -14,7 +14,8 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.exc import DBAPIError
 
 from searchlite.catalog import Catalog, ImageRow, ModelRow, Root, VectorRow, join_path
 from searchlite.errors import QueryError
@@ -178,12 +179,27 @@ class SearchResult:
 
 
 def allowed_rows(catalog: Catalog, model: ModelRow, filters: Filters) -> np.ndarray:
-    """The sorted store rows of the live images that pass the filters (exact, from SQL)."""
-    query = (select(VectorRow.store_row).join(ImageRow, ImageRow.id == VectorRow.image_id)
-             .join(Root, Root.id == ImageRow.root_id)
-             .where(VectorRow.model_ref == model.id, *filters.conditions(catalog)))
-    with catalog.Session() as s:
-        return np.sort(np.fromiter(s.scalars(query), dtype=np.int64))
+    """The sorted store rows of the live images that pass the filters (exact, from SQL).
+
+    The rows come back as one ``group_concat`` string parsed by numpy rather than one Python row
+    each: 10k matching images at 1M, 12 ms instead of 20. A match so large that the string passes
+    SQLite's length limit (about 100M rows) is read row by row instead."""
+    conditions = filters.conditions(catalog)
+
+    def matching(column):  # noqa: ANN001, ANN202 - a SQLAlchemy select over the filter's images
+        return (select(column).join(ImageRow, ImageRow.id == VectorRow.image_id)
+                .join(Root, Root.id == ImageRow.root_id).where(VectorRow.model_ref == model.id, *conditions))
+
+    with catalog.engine.connect() as conn:
+        try:
+            text = conn.execute(matching(func.group_concat(VectorRow.store_row))).scalar()
+            rows = np.array(text.split(","), dtype=np.int64) if text else np.zeros(0, np.int64)
+        except DBAPIError as exc:  # sqlite3.DataError: string or blob too big
+            if "too big" not in str(exc):
+                raise
+            conn.rollback()
+            rows = np.fromiter(conn.execute(matching(VectorRow.store_row)).scalars(), dtype=np.int64)
+    return np.sort(rows)
 
 
 def search_vectors(catalog: Catalog, model: ModelRow, index: ModelIndex, query: np.ndarray, k: int,

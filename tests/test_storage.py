@@ -276,3 +276,62 @@ def test_a_no_op_index_run_writes_no_image_rows(tmp_path, hf_siglip):
     lib.index([photos])
     with lib.catalog.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM writes").scalar() == 1  # only the touched file
+
+
+def test_scoring_scattered_rows_across_vector_files_equals_brute_force(tmp_path):
+    from searchlite.store.vectorstore import VectorStore
+
+    vectors = synthetic(5000, seed=3)
+    store = VectorStore(tmp_path / "store", DIM, 0, file_rows=700)  # 8 files: rows cross file boundaries
+    store.append(vectors)
+    store.committed = len(vectors)
+    rng = np.random.default_rng(1)
+    q = synthetic(1, seed=4)[0]
+    for rows in (rng.choice(5000, 3000, replace=False), np.arange(690, 720), np.array([4999, 0, 699, 700])):
+        np.testing.assert_allclose(store.dot(rows, q, chunk=256), vectors[rows] @ q, rtol=0, atol=1e-6)
+    with pytest.raises(IndexError):
+        store.dot(np.array([5000]), q)
+
+
+def test_filter_row_sets_are_exact_also_past_sqlites_string_limit(imported):
+    """The filter's rows come back as one group_concat string; a match too long for SQLite's
+    length limit is read row by row instead, with the same answer."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    from searchlite.query import allowed_rows
+
+    lib, vectors, spec = imported
+    row = lib.model_row(spec)
+    ids = np.arange(len(vectors))
+    cases = [(Filters(folder=Path("/data/photos/3")), ids % 7 == 3),
+             (Filters(after=datetime(2020, 1, 1) + timedelta(days=100), before=datetime(2020, 1, 1) + timedelta(days=129)),
+              (ids >= 100) & (ids <= 129)),
+             (Filters(glob="/nowhere/*"), np.zeros(len(ids), bool))]
+
+    def expected(mask):
+        mapping = lib.catalog.rows_of(row.id, [int(i) + 1 for i in ids[mask]])
+        return sorted(mapping.values())
+
+    for filters, mask in cases:
+        assert allowed_rows(lib.catalog, row, filters).tolist() == expected(mask)
+    engine = lib.catalog.engine
+
+    def small_limit(dbapi_connection, _record):
+        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 2000)  # ~400 rows of text
+
+    engine.dispose()
+    event.listen(engine, "connect", small_limit)
+    try:
+        for filters, mask in cases:
+            assert allowed_rows(lib.catalog, row, filters).tolist() == expected(mask)
+        with engine.connect() as conn:  # the limit really applied: the group_concat form fails
+            from sqlalchemy import text
+            from sqlalchemy.exc import DBAPIError
+
+            with pytest.raises(DBAPIError, match="too big"):
+                conn.execute(text("SELECT group_concat(store_row) FROM vectors")).scalar()
+    finally:
+        event.remove(engine, "connect", small_limit)
+        engine.dispose()

@@ -151,7 +151,7 @@ class ModelIndex:
         valid = rows >= 0
         scores, rows = scores[0][valid], rows[valid]
         if not exact and len(rows):
-            scores = self.store.get(rows) @ q  # compressed scores are approximate: re-score exactly
+            scores = self.store.dot(rows, q)  # compressed scores are approximate: re-score exactly
         return scores.astype(np.float32), rows.astype(np.int64)
 
     def _dead_selector(self, seg: SegmentRow, dead: np.ndarray, exclude: np.ndarray | None) -> Any:
@@ -192,7 +192,7 @@ class ModelIndex:
         chunks_s, chunks_r = [scores], [np.zeros(0, np.int64)]
         for start in range(0, len(rows), 65536):
             part = rows[start:start + 65536]
-            s, r = top_k(self.store.get(part) @ q, part, k)
+            s, r = top_k(self.store.dot(part, q), part, k)
             chunks_s.append(s)
             chunks_r.append(r)
         return top_k(np.concatenate(chunks_s), np.concatenate(chunks_r), k)

@@ -148,6 +148,23 @@ class VectorStore:
             out[mask] = self._map(int(n))[rows[mask] - n * self.file_rows]
         return out
 
+    def dot(self, rows: np.ndarray, query: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """``get(rows) @ query`` without materialising every row: pieces of ``chunk`` rows taken
+        from the map and scored in turn (a 1% filter at 1M, 10k scattered rows: 4 ms, not 8-10)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty(len(rows), dtype=np.float32)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.committed):
+            raise IndexError("store row out of range")
+        if len(rows) <= PREFETCH_MAX:
+            self._prefetch(rows)
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            files = part // self.file_rows
+            for n in np.unique(files):
+                at = np.flatnonzero(files == n)
+                out[start + at] = np.take(self._map(int(n)), part[at] - n * self.file_rows, axis=0) @ query
+        return out
+
     def _prefetch(self, rows: np.ndarray) -> None:
         """Ask the kernel for every row's pages at once (MADV_WILLNEED), so a few scattered rows
         (the re-scoring of compressed candidates) cost one parallel round of reads instead of one

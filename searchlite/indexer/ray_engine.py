@@ -118,10 +118,11 @@ class EmbedActor:
 
             torch.set_num_threads(threads)  # Ray pins a 1-CPU actor to one thread; a CPU model wants the node's cores
         self.embedders = [load_embedder(spec, device=device, batch_size=batch_size) for spec in specs]
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         import ray
 
+        self.node = ray.get_runtime_context().get_node_id()  # an actor stays on its node
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         start = time.perf_counter()
         n = len(batch["image_id"])
         out = {key: value for key, value in batch.items() if not key.startswith("pixels_")}
@@ -132,7 +133,7 @@ class EmbedActor:
                 vectors[need] = emb.embed_pixels(np.asarray(batch[f"pixels_{i}"])[need])
             out[f"vector_{i}"] = vectors
         out["embed_s"] = np.full(n, (time.perf_counter() - start) / max(n, 1))
-        out["embed_node"] = [ray.get_runtime_context().get_node_id()] * n
+        out["embed_node"] = [self.node] * n
         return out
 
 

@@ -188,11 +188,4 @@ class ModelIndex:
         return top_k(np.concatenate(best_s), np.concatenate(best_r), k)
 
     def _exact_rows(self, q: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores = np.zeros(0, np.float32)
-        chunks_s, chunks_r = [scores], [np.zeros(0, np.int64)]
-        for start in range(0, len(rows), 65536):
-            part = rows[start:start + 65536]
-            s, r = top_k(self.store.dot(part, q), part, k)
-            chunks_s.append(s)
-            chunks_r.append(r)
-        return top_k(np.concatenate(chunks_s), np.concatenate(chunks_r), k)
+        return top_k(self.store.dot(rows, q), rows, k)  # rows <= EXACT_FILTER_MAX: 800 KB of scores

@@ -134,36 +134,37 @@ class VectorStore:
 
     def get(self, rows: np.ndarray) -> np.ndarray:
         """Vectors of some rows (any order), read through the memory map: only their pages are touched."""
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        if not len(rows):
-            return out
-        if rows.min() < 0 or rows.max() >= self.committed:
-            raise IndexError("store row out of range")
-        files = rows // self.file_rows
-        if len(rows) <= PREFETCH_MAX:
-            self._prefetch(rows)
-        for n in np.unique(files):
-            mask = files == n
-            out[mask] = self._map(int(n))[rows[mask] - n * self.file_rows]
+        rows = self._checked(rows)
+        out = np.empty((len(rows), self.dim), dtype=DTYPE)
+        for at, piece in self._pieces(rows):
+            out[at] = piece
         return out
 
     def dot(self, rows: np.ndarray, query: np.ndarray, chunk: int = 4096) -> np.ndarray:
-        """``get(rows) @ query`` without materialising every row: pieces of ``chunk`` rows taken
-        from the map and scored in turn (a 1% filter at 1M, 10k scattered rows: 4 ms, not 8-10)."""
-        rows = np.asarray(rows, dtype=np.int64)
+        """``get(rows) @ query`` without materialising the rows: each piece of at most ``chunk`` rows
+        is scored as it is gathered (a 1% filter at 1M, 10k scattered rows: 2.7 ms, not 5.4)."""
+        rows = self._checked(rows)
         out = np.empty(len(rows), dtype=np.float32)
+        for start in range(0, len(rows), chunk):
+            for at, piece in self._pieces(rows[start:start + chunk]):
+                out[start + at] = piece @ query
+        return out
+
+    def _checked(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` as int64, range-checked against the committed rows; a few are prefetched."""
+        rows = np.asarray(rows, dtype=np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= self.committed):
             raise IndexError("store row out of range")
-        if len(rows) <= PREFETCH_MAX:
+        if 0 < len(rows) <= PREFETCH_MAX:
             self._prefetch(rows)
-        for start in range(0, len(rows), chunk):
-            part = rows[start:start + chunk]
-            files = part // self.file_rows
-            for n in np.unique(files):
-                at = np.flatnonzero(files == n)
-                out[start + at] = np.take(self._map(int(n)), part[at] - n * self.file_rows, axis=0) @ query
-        return out
+        return rows
+
+    def _pieces(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(positions in ``rows``, their vectors) for each vector file the checked rows touch."""
+        files = rows // self.file_rows
+        for n in np.unique(files):
+            at = np.flatnonzero(files == n)
+            yield at, np.take(self._map(int(n)), rows[at] - n * self.file_rows, axis=0)
 
     def _prefetch(self, rows: np.ndarray) -> None:
         """Ask the kernel for every row's pages at once (MADV_WILLNEED), so a few scattered rows

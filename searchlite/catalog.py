@@ -67,6 +67,8 @@ class Root(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     path: Mapped[str] = mapped_column(String, unique=True)
     added_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    excludes: Mapped[str | None] = mapped_column(Text)  # JSON list of gitignore-style patterns (index --exclude)
+    default_excludes: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class ImageRow(Base):
@@ -115,6 +117,9 @@ class ModelRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     indexed: Mapped[bool] = mapped_column(Boolean, default=True)
     store_rows: Mapped[int] = mapped_column(Integer, default=0)  # committed rows of the vector store
+    #: how scores become probabilities: "sigmoid" (the model's own scale and bias) or "platt" (fitted)
+    probability: Mapped[str] = mapped_column(String(16), default="platt")
+    precision: Mapped[str | None] = mapped_column(Text)  # JSON: vectors stored per precision, e.g. {"bf16": 120}
 
 
 class VectorRow(Base):

@@ -82,6 +82,18 @@ UPDATE images SET taken_at = datetime(mtime_ns / 1000000000, 'unixepoch', 'local
 CREATE INDEX ix_images_format ON images (format);
 """
 
+#: v4 (round 3): how a model's scores become probabilities is data of the model row
+#: ("sigmoid": its own logit_scale/bias; "platt": a fitted calibration); the precision that produced
+#: a model's stored vectors (counts per precision, JSON); a root's exclusions (JSON list of
+#: gitignore-style patterns) and whether the default exclusions apply.
+_V4 = """
+ALTER TABLE models ADD COLUMN probability VARCHAR(16) NOT NULL DEFAULT 'platt';
+UPDATE models SET probability = 'sigmoid' WHERE family = 'siglip';
+ALTER TABLE models ADD COLUMN precision TEXT;
+ALTER TABLE roots ADD COLUMN excludes TEXT;
+ALTER TABLE roots ADD COLUMN default_excludes BOOLEAN NOT NULL DEFAULT 1;
+"""
+
 
 def statements(sql: str) -> list[str]:
     """Split a script into complete SQL statements (a trigger body's inner ';' does not end it)."""
@@ -110,7 +122,7 @@ def _v2_to_v3(conn: Connection) -> None:
 
 
 #: STEPS[v] upgrades a version-v catalog to v + 1. A release that changes the schema appends a step.
-STEPS: list[Callable[[Connection], None]] = [_script(_V1), _script(_V2), _v2_to_v3]
+STEPS: list[Callable[[Connection], None]] = [_script(_V1), _script(_V2), _v2_to_v3, _script(_V4)]
 
 
 def current_version(conn: Connection) -> int:

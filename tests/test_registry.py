@@ -10,13 +10,13 @@ import pytest
 
 from searchlite.errors import ModelLoadError
 from searchlite.models import load_embedder, parse_spec
-from searchlite.models.registry import ALIASES
+from searchlite.models.registry import aliases
 
 
 def test_aliases_and_hub_specs():
     assert parse_spec("siglip").model_id == "hf:google/siglip-so400m-patch14-384"
     assert parse_spec("clip").source == "openai/clip-vit-base-patch32"
-    assert set(ALIASES) >= {"siglip", "siglip-base", "clip", "align"}
+    assert set(aliases()) >= {"siglip", "siglip-base", "clip", "align"}
     spec = parse_spec("openclip:ViT-B-32-quickgelu@openai")
     assert (spec.backend, spec.source, spec.pretrained) == ("openclip", "ViT-B-32-quickgelu", "openai")
 

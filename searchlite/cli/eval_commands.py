@@ -141,9 +141,9 @@ def models(ctx: typer.Context) -> None:
     """List the model aliases and spec formats."""
     if ctx.invoked_subcommand is not None:
         return
-    from searchlite.models.registry import ALIASES, DEMO_ALIAS
+    from searchlite.models.registry import DEMO_ALIAS, aliases
 
-    for alias, spec in ALIASES.items():
+    for alias, spec in aliases().items():
         print(f"{alias:12} {spec}")
     print(f"{DEMO_ALIAS:12} the bundled demo model (searchlite/sample_data/demo-model)")
     print("\nspecs: hf:<hub id or folder> | openclip:<arch>@<tag or checkpoint file> | openclip:<folder>")

@@ -18,16 +18,14 @@ from pathlib import Path
 from searchlite.errors import ModelLoadError
 from searchlite.models.base import Embedder
 
-#: Short names -> full specs. Sizes and CPU speeds are in the README's model table.
-ALIASES: dict[str, str] = {
-    "siglip": "hf:google/siglip-so400m-patch14-384",
-    "siglip-base": "hf:google/siglip-base-patch16-224",
-    "clip": "hf:openai/clip-vit-base-patch32",
-    "clip-large": "hf:openai/clip-vit-large-patch14",
-    "align": "hf:kakaobrain/align-base",
-}
-
 DEMO_ALIAS = "demo"
+
+
+def aliases() -> dict[str, str]:
+    """Short names -> full specs, from the model zoo (``models/zoo.json``)."""
+    from searchlite.models.zoo import entries
+
+    return {alias: e.spec for alias, e in entries().items() if alias != DEMO_ALIAS}
 
 
 def demo_model_dir() -> Path:
@@ -110,12 +108,12 @@ def parse_spec(spec: str) -> ModelSpec:
                 f"the demo model is not at {folder}; run from a source checkout or set SEARCHLITE_DEMO_MODEL"
             )
         return ModelSpec("hf", str(folder), None, f"demo#{fingerprint(folder)}")
-    spec = ALIASES.get(spec, spec)
+    spec = aliases().get(spec, spec)
     backend, sep, rest = spec.partition(":")
     if not sep or backend not in {"hf", "openclip"} or not rest:
         raise ModelLoadError(
             f"bad model spec '{spec}': use hf:<hub id or folder>, openclip:<arch>@<tag or file>, "
-            f"openclip:<folder>, or an alias ({', '.join([*ALIASES, DEMO_ALIAS])})"
+            f"openclip:<folder>, or an alias ({', '.join([*aliases(), DEMO_ALIAS])})"
         )
     if backend == "hf":
         folder = Path(rest).expanduser()

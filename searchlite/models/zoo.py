@@ -1,0 +1,113 @@
+"""The model zoo as data: ``zoo.json`` (package data, read without importing torch) maps each
+alias to its spec, score family, prompt templates, text rules, languages, licence, size and
+per-model defaults (e.g. the duplicate threshold).
+
+A checkpoint's own config, tokenizer and processor files always win over the zoo: an entry only
+adds what those files cannot say. Family defaults are merged under each entry (as open_clip's
+``pretrained.py`` does with ``_slpcfg``); an unknown key is an error, so a typo never passes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from searchlite.errors import ModelLoadError
+
+#: Keys an entry (or a family default) may have.
+KEYS = frozenset({"spec", "family", "templates", "text", "image", "languages", "dim", "license", "params",
+                  "defaults", "description", "published", "lang"})
+#: Keys of an entry's "text" rules.
+TEXT_KEYS = frozenset({"lower", "clean", "lang_prefix", "padding", "max_length", "tokenizer"})
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One model of the zoo."""
+
+    alias: str
+    spec: str
+    family: str  # how scores become probabilities: siglip (own sigmoid) | clip | align (Platt)
+    templates: tuple[str, ...]
+    languages: tuple[str, ...]
+    license: str
+    dim: int | None = None
+    params: float | None = None  # millions of parameters
+    text: dict[str, Any] = field(default_factory=dict)
+    image: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    published: dict[str, Any] = field(default_factory=dict)
+    lang: str | None = None  # default language code put before the text (nllb: FLORES-200)
+
+    @property
+    def template(self) -> str:
+        return self.templates[0]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"alias": self.alias, "spec": self.spec, "family": self.family, "languages": list(self.languages),
+                "dim": self.dim, "license": self.license, "params": self.params, "templates": list(self.templates),
+                "text": dict(self.text), "defaults": dict(self.defaults), "description": self.description,
+                "lang": self.lang}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _check(name: str, data: dict) -> None:
+    unknown = set(data) - KEYS
+    if unknown:
+        raise ModelLoadError(f"zoo entry {name!r}: unknown key {sorted(unknown)[0]!r}")
+    unknown = set(data.get("text", {})) - TEXT_KEYS
+    if unknown:
+        raise ModelLoadError(f"zoo entry {name!r}: unknown text rule {sorted(unknown)[0]!r}")
+
+
+def parse_zoo(raw: dict) -> dict[str, ZooEntry]:
+    """Entries of a zoo document ({"families": {...}, "models": {alias: {...}}}), family defaults merged under."""
+    families = raw.get("families", {})
+    out: dict[str, ZooEntry] = {}
+    for alias, data in raw["models"].items():
+        _check(alias, data)
+        family = data.get("family")
+        if family not in families:
+            raise ModelLoadError(f"zoo entry {alias!r}: unknown family {family!r}")
+        merged = _merge(families[family], data)
+        _check(alias, merged)
+        if "spec" not in merged:
+            raise ModelLoadError(f"zoo entry {alias!r} has no spec")
+        out[alias] = ZooEntry(alias=alias, spec=merged["spec"], family=family,
+                              templates=tuple(merged.get("templates") or ["{}"]),
+                              languages=tuple(merged.get("languages") or ["en"]), license=merged.get("license", "?"),
+                              dim=merged.get("dim"), params=merged.get("params"), text=dict(merged.get("text", {})),
+                              image=dict(merged.get("image", {})), defaults=dict(merged.get("defaults", {})),
+                              description=merged.get("description", ""), published=dict(merged.get("published", {})),
+                              lang=merged.get("lang"))
+    return out
+
+
+@lru_cache(maxsize=1)
+def entries() -> dict[str, ZooEntry]:
+    """Every zoo entry by alias (read once per process)."""
+    raw = json.loads((resources.files("searchlite.models") / "zoo.json").read_text(encoding="utf-8"))
+    return parse_zoo(raw)
+
+
+def entry(alias: str) -> ZooEntry | None:
+    """The entry of an alias, or None."""
+    return entries().get(alias)
+
+
+def for_spec(spec: str) -> ZooEntry | None:
+    """The entry of an alias or of a full spec string that some alias names (first match)."""
+    found = entries().get(spec)
+    if found is not None:
+        return found
+    return next((e for e in entries().values() if e.spec == spec), None)

@@ -2,9 +2,12 @@
 ``"./photo.jpg + snow"``.
 
 Grammar: terms joined by `` + `` or `` - `` (operators need spaces around them, so "t-shirt"
-stays one word). A term may start with ``W:`` (a number) as its weight. A term that names an
-existing image file is an image term (its stored or freshly computed embedding); any other term
-is text, wrapped in the prompt template. The query vector is
+stays one word). A term may start with a weight ``W:`` — a number, a colon, and right after it a
+letter, a quote or the start of a path (``./``, ``../``, ``/``, ``~``): ``2:cat``, ``0.5:"a dog"``,
+``2:./photo.jpg``. Anything else is literal text (``16:9 panorama``, ``0:00 on a clock``). A term
+in matching quotes is literal text without them. A term that names an existing image file is an
+image term (its stored or freshly computed embedding); any other term is text, wrapped in the
+prompt template. The query vector is
 ``normalize(sum(sign_i * w_i * normalize(v_i)))``: every term counts by its weight, whatever
 the norm of its embedding.
 """
@@ -22,7 +25,9 @@ from searchlite.errors import QueryError
 from searchlite.imaging import IMAGE_EXTENSIONS
 
 _SPLIT = re.compile(r"\s+([+-])\s+")
-_WEIGHT = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*:\s*(.+)$")
+#: a weight: a number and a colon followed at once by a letter, a quote or a path ("16:9" is text)
+_WEIGHT = re.compile(r"^(-?\d+(?:\.\d+)?):(?=[^\W\d_]|[\"']|\.{1,2}/|/|~)(.+)$")
+_QUOTED = re.compile(r"^([\"'])(.*)\1$", re.S)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,12 @@ def parse_query(query: str, base: str | Path | None = None, files: bool = True) 
         m = _WEIGHT.match(raw)
         if m:
             weight, raw = float(m.group(1)), m.group(2).strip()
+        quoted = _QUOTED.match(raw)
+        if quoted:
+            if not quoted.group(2).strip():
+                raise QueryError(f"empty term in query: {query!r}")
+            terms.append(Term(weight if sign == "+" else -weight, "text", quoted.group(2)))
+            continue
         path = Path(raw).expanduser()
         if base is not None and not path.is_absolute():
             path = Path(base) / path

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from searchlite.errors import LibraryError, QueryError, SearchliteError
+from searchlite import LibraryError, QueryError, SearchliteError
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ def _typed(args: dict, key: str, kind: type | tuple, default: Any = None, *, low
 
 def parse_request(message: Any) -> tuple[str, dict]:
     """Validate a request: (command, keyword arguments for the Library call)."""
-    from searchlite.query import SORTS, Filters, check_template
+    from searchlite import Filters
+    from searchlite.query import SORTS, check_template
 
     if not isinstance(message, dict):
         raise QueryError("a request must be a JSON object")

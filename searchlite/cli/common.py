@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from searchlite.errors import SearchliteError
+from searchlite import SearchliteError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Semantic image search with SigLIP, CLIP and ALIGN.")
@@ -28,7 +28,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def open_library(library: Path | None, device: str = "auto", batch_size: int = 32, create: bool = False):
-    from searchlite.library import Library
+    from searchlite import Library
 
     return Library(library, device=device, batch_size=batch_size, create=create)
 
@@ -59,7 +59,7 @@ def remote(library: Path | None, command: str, args: dict, start: bool = False):
         return None
     if not reply.get("ok"):
         raise SearchliteError(reply.get("error", "the searchlite server failed"))
-    from searchlite.query import SearchResult
+    from searchlite import SearchResult
 
     return [SearchResult.from_dict(d) for d in reply["results"]]
 
@@ -91,7 +91,7 @@ def inline_image(path: str, protocol: str, size: int = 160) -> str:
     import base64
     import io
 
-    from searchlite.errors import ImageDecodeError
+    from searchlite import ImageDecodeError
     from searchlite.imaging import load_image
 
     try:
@@ -109,7 +109,39 @@ def inline_image(path: str, protocol: str, size: int = 160) -> str:
                    for n, chunk in enumerate(chunks))
 
 
-def print_results(results, as_json: bool, paths_only: bool, what: str, preview: bool = False) -> None:
+_SHELL_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", "'": "\\'"}
+
+
+def escape_path(path: str) -> str:
+    """A path as one printable line: unchanged when it is, else quoted as the shell reads it back
+    (``$'a\\nb.jpg'``, bash/zsh ANSI-C quoting, as GNU ls prints such names): control characters
+    as ``\\n``/``\\t``/``\\xHH``, bytes that are not UTF-8 (surrogate escapes) as ``\\xHH``."""
+    if path.isprintable() and not any("\udc80" <= c <= "\udcff" for c in path):
+        return path
+    out = []
+    for c in path:
+        if "\udc80" <= c <= "\udcff":
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif c in _SHELL_ESCAPES:
+            out.append(_SHELL_ESCAPES[c])
+        elif not c.isprintable():
+            code = ord(c)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(c)
+    return "$'" + "".join(out) + "'"
+
+
+def print_results(results, as_json: bool, paths_only: bool, what: str, preview: bool = False,
+                  print0: bool = False) -> None:
+    """Results as JSON, paths only (one a line, odd names escaped; NUL-terminated and exact with
+    ``print0``, for ``xargs -0``), or a table."""
+    if print0:
+        out = sys.stdout.buffer
+        for r in results:
+            out.write(os.fsencode(r.path) + b"\0")  # surrogate escapes give back the name's bytes
+        out.flush()
+        return
     if as_json:
         print(json.dumps([r.as_dict() for r in results], indent=1))
         return
@@ -118,13 +150,13 @@ def print_results(results, as_json: bool, paths_only: bool, what: str, preview: 
         return
     if paths_only:
         for r in results:
-            print(r.path)
+            print(escape_path(r.path))
         return
     width = max(len(str(len(results))), 4)
     protocol = terminal_images() if preview else None
     print(f"{'rank':>{width}}  {'prob':>6}  {'score':>7}  path")
     for r in results:
-        print(f"{r.rank:>{width}}  {r.probability:6.3f}  {r.score:7.4f}  {r.path}")
+        print(f"{r.rank:>{width}}  {r.probability:6.3f}  {r.score:7.4f}  {escape_path(r.path)}")
         if protocol:
             print(inline_image(r.path, protocol))
 
@@ -151,7 +183,7 @@ class Progress:
 
 def parse_filters(folder: Path | None, glob: str | None, after: str | None, before: str | None,
              min_width: int | None, min_height: int | None, fmt: list[str] | None):
-    from searchlite.query import Filters
+    from searchlite import Filters
 
     def date(s: str | None) -> datetime | None:
         if not s:
@@ -172,4 +204,6 @@ BeforeOpt = Annotated[str | None, typer.Option("--before", help="Taken on/before
 MinWOpt = Annotated[int | None, typer.Option("--min-width", help="Minimum width in pixels.")]
 MinHOpt = Annotated[int | None, typer.Option("--min-height", help="Minimum height in pixels.")]
 FormatOpt = Annotated[list[str] | None, typer.Option("--format", help="Only these formats (JPEG, PNG...).")]
+Print0Opt = Annotated[bool, typer.Option("--print0", "-0", help="Print paths only, each followed by a NUL "
+                                          "byte (exact names, for `xargs -0`).")]
 MinProbOpt = Annotated[float | None, typer.Option("--min-prob", help="Drop results below this probability.")]

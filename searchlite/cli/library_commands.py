@@ -23,6 +23,7 @@ from searchlite.cli.common import (
     MinWOpt,
     ModelOpt,
     PreviewOpt,
+    Print0Opt,
     Progress,
     ServeOpt,
     app,
@@ -97,6 +98,7 @@ def search(
     min_width: MinWOpt = None, min_height: MinHOpt = None, fmt: FormatOpt = None,
     sort: Annotated[str, typer.Option("--sort", help="relevance|date")] = "relevance",
     paths: Annotated[bool, typer.Option("--paths", help="Print paths only.")] = False,
+    print0: Print0Opt = False,
     rerank: Annotated[str | None, typer.Option("--rerank", help="Re-score the candidates with this model.")] = None,
     candidates: Annotated[int, typer.Option("--candidates", min=1, help="First-stage pool for --rerank.")] = 100,
     fusion: Annotated[str, typer.Option("--fusion", help="replace|rrf|prob (with --rerank).")] = "replace",
@@ -116,7 +118,7 @@ def search(
                                             "ensemble": ensemble, "min_prob": min_prob, "sort": sort,
                                             "filters": filters.to_json(), "cwd": os.getcwd()}, start=serve)
         if served is not None:
-            print_results(served, as_json, paths, f'"{text}"', preview)
+            print_results(served, as_json, paths, f'"{text}"', preview, print0)
             return
     lib = open_library(library, device)
     if rerank:
@@ -125,7 +127,7 @@ def search(
     else:
         results = lib.search(text, model, k, template=template, min_prob=min_prob, sort=sort, filters=filters,
                              ensemble=ensemble)
-    print_results(results, as_json, paths, f'"{text}"', preview)
+    print_results(results, as_json, paths, f'"{text}"', preview, print0)
 
 
 @app.command()
@@ -163,6 +165,7 @@ def similar(
     folder: FolderOpt = None, glob: GlobOpt = None, after: AfterOpt = None, before: BeforeOpt = None,
     min_width: MinWOpt = None, min_height: MinHOpt = None, fmt: FormatOpt = None,
     paths: Annotated[bool, typer.Option("--paths", help="Print paths only.")] = False,
+    print0: Print0Opt = False,
     serve: ServeOpt = False,
     preview: PreviewOpt = False,
     device: DeviceOpt = "auto",
@@ -175,7 +178,7 @@ def similar(
                                            "min_prob": min_prob, "filters": filters.to_json()}, start=serve)
     if results is None:
         results = open_library(library, device).similar(image, model, k, min_prob=min_prob, filters=filters)
-    print_results(results, as_json, paths, str(image), preview)
+    print_results(results, as_json, paths, str(image), preview, print0)
 
 
 @app.command()

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from searchlite.cli import eval_commands, library_commands  # noqa: F401 - registers the commands
 from searchlite.cli.common import app
-from searchlite.errors import SearchliteError
+from searchlite import SearchliteError
 
 __all__ = ["app", "main"]
+
+#: click's ClickException as the installed typer raises it: typer >= 0.2x vendors click as
+#: ``typer._click`` (and no longer depends on click), older ones raise click's own. Found through
+#: the MRO of ``typer.BadParameter`` so the CLI never imports a click typer does not use.
+ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+#: typer.Exit is typer's own class in typer >= 0.2x; older typers re-export click's, which is
+#: also what their parser raises (e.g. for --help).
+_EXITS = tuple({typer.Exit, *(c for c in (getattr(sys.modules.get(ClickException.__module__), "Exit", None),)
+                              if isinstance(c, type))})
 
 
 def _one_line(exc: BaseException) -> str:
@@ -50,10 +58,10 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except click.exceptions.ClickException as exc:
+    except ClickException as exc:  # usage errors: click's short message (and usage line), exit 2
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except _EXITS as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:
         message = known_failure(exc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from searchlite.errors import SearchliteError
+from searchlite import SearchliteError
 
 
 def parse_bind(value: str) -> tuple[str, int]:

@@ -22,8 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from searchlite.errors import QueryError, SearchliteError
-from searchlite.query import Filters, SearchResult
+from searchlite import Filters, QueryError, SearchliteError, SearchResult
 from searchlite.thumbnails import NotServable, servable_path, thumbnail
 
 log = logging.getLogger(__name__)

@@ -344,7 +344,9 @@ class Library:
         the query image itself is left out."""
         _check_page(k, offset)
         row = self.model_row(model)
-        if isinstance(image, bytes):
+        if isinstance(image, np.ndarray):  # a query vector already embedded by this model (an HTTP upload)
+            vec, own_id = np.asarray(image, dtype=np.float32), None
+        elif isinstance(image, bytes):
             vec, own_id = self.embed_image(image, row), None
         elif isinstance(image, int):
             vec = self.stored_vectors(row, [image]).get(image)

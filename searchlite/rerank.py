@@ -109,10 +109,12 @@ def rerank(lib, text: str, first: str | None, second: str, k: int = 20, candidat
 
 
 def compare(lib, text: str, specs: Sequence[str], k: int = 10, candidates: int = 100, shared_pool: bool = False,
-            template: str | None = None, ensemble: bool = False, files: bool = True) -> dict[str, list[SearchResult]]:
+            template: str | None = None, ensemble: bool = False, files: bool = True,
+            filters: Filters | None = None) -> dict[str, list[SearchResult]]:
     """Top-k of each model, side by side. A model that has indexed the library searches its own
     index; otherwise (or with ``shared_pool``) it re-scores the first indexed model's candidate
-    pool. Each result's ``extra["also_in"]`` lists the other models that ranked it in their top k."""
+    pool. ``filters`` apply to every model's results (and to the pool). Each result's
+    ``extra["also_in"]`` lists the other models that ranked it in their top k."""
     if not specs:
         raise QueryError("--models needs at least one model")
     indexed = {spec: (lib.find_model(spec) is not None and lib.find_model(spec).indexed) for spec in specs}
@@ -121,10 +123,12 @@ def compare(lib, text: str, specs: Sequence[str], k: int = 10, candidates: int =
     out: dict[str, list[SearchResult]] = {}
     for spec in specs:
         if indexed[spec] and not (shared_pool and spec != pool_model):
-            out[spec] = lib.search(text, spec, k=k, template=template, ensemble=ensemble, files=files)
+            out[spec] = lib.search(text, spec, k=k, template=template, ensemble=ensemble, files=files,
+                                   filters=filters)
         else:
             if pool is None:
-                pool = lib.search(text, pool_model, k=candidates, template=template, ensemble=ensemble, files=files)
+                pool = lib.search(text, pool_model, k=candidates, template=template, ensemble=ensemble, files=files,
+                                  filters=filters)
             out[spec] = rescore(lib, text, spec, pool, template, ensemble, files=files)[:k]
     tops = {spec: {r.image_id for r in res} for spec, res in out.items()}
     for spec, res in out.items():

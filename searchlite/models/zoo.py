@@ -19,7 +19,7 @@ from searchlite.errors import ModelLoadError
 
 #: Keys an entry (or a family default) may have.
 KEYS = frozenset({"spec", "family", "templates", "text", "image", "languages", "dim", "license", "params",
-                  "defaults", "description", "published", "lang"})
+                  "defaults", "description", "published", "lang", "backend", "probability", "center"})
 #: Keys of an entry's "text" rules.
 TEXT_KEYS = frozenset({"lower", "clean", "lang_prefix", "padding", "max_length", "tokenizer"})
 
@@ -30,7 +30,7 @@ class ZooEntry:
 
     alias: str
     spec: str
-    family: str  # how scores become probabilities: siglip (own sigmoid) | clip | align (Platt)
+    family: str  # the architecture family (a key of zoo.json "families")
     templates: tuple[str, ...]
     languages: tuple[str, ...]
     license: str
@@ -42,6 +42,9 @@ class ZooEntry:
     description: str = ""
     published: dict[str, Any] = field(default_factory=dict)
     lang: str | None = None  # default language code put before the text (nllb: FLORES-200)
+    backend: str = "hf"
+    probability: str = "platt"  # "sigmoid": the model's own scale and bias; "platt": a fitted calibration
+    center: float = 0.25  # uncalibrated Platt fallback: probability 0.5 at this cosine
 
     @property
     def template(self) -> str:
@@ -89,15 +92,49 @@ def parse_zoo(raw: dict) -> dict[str, ZooEntry]:
                               dim=merged.get("dim"), params=merged.get("params"), text=dict(merged.get("text", {})),
                               image=dict(merged.get("image", {})), defaults=dict(merged.get("defaults", {})),
                               description=merged.get("description", ""), published=dict(merged.get("published", {})),
-                              lang=merged.get("lang"))
+                              lang=merged.get("lang"), backend=merged.get("backend", "hf"),
+                              probability=merged.get("probability", "platt"), center=float(merged.get("center", 0.25)))
     return out
+
+
+@dataclass(frozen=True)
+class Family:
+    """What every model of an architecture family shares (a zoo.json "families" item)."""
+
+    name: str
+    backend: str
+    probability: str
+    center: float
+    templates: tuple[str, ...]
+    text: dict[str, Any]
+    defaults: dict[str, Any]
+
+
+@lru_cache(maxsize=1)
+def _raw() -> dict:
+    return json.loads((resources.files("searchlite.models") / "zoo.json").read_text(encoding="utf-8"))
+
+
+def families() -> dict[str, Family]:
+    """Every architecture family of the zoo by name."""
+    out = {}
+    for name, data in _raw()["families"].items():
+        _check(name, data)
+        out[name] = Family(name, data.get("backend", "hf"), data.get("probability", "platt"),
+                           float(data.get("center", 0.25)), tuple(data.get("templates") or ["{}"]),
+                           dict(data.get("text", {})), dict(data.get("defaults", {})))
+    return out
+
+
+def family(name: str) -> Family | None:
+    """A family by name (e.g. a transformers ``model_type``), or None when the zoo has no such family."""
+    return families().get(name)
 
 
 @lru_cache(maxsize=1)
 def entries() -> dict[str, ZooEntry]:
     """Every zoo entry by alias (read once per process)."""
-    raw = json.loads((resources.files("searchlite.models") / "zoo.json").read_text(encoding="utf-8"))
-    return parse_zoo(raw)
+    return parse_zoo(_raw())
 
 
 def entry(alias: str) -> ZooEntry | None:

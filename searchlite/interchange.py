@@ -13,11 +13,18 @@ mtime_ns       int64                                         no
 width, height  int32                                         no
 taken_at       timestamp (wall-clock capture time)           no
 taken_offset   int16 (minutes east of UTC of taken_at)       no
+taken_source   string (exif, exif-digitized, raw, mtime...)  no
+format         string (JPEG, PNG, HEIF...; --format)         no
+companion      string: absolute path of a paired RAW file    no
+camera         string (EXIF make and model)                  no
 =============  ===========================================  ========
 
-Import reads streaming (one record batch at a time), L2-normalises, and commits each batch the
-way an index run does (store rows fsynced, then one catalog transaction). A path already in the
-library gets its vector for this model replaced. Bad rows are counted and skipped.
+Export writes every column; import reads the optional ones that are there, so files written
+before a column existed still import. Import reads streaming (one record batch at a time),
+L2-normalises, and commits each batch the way an index run does (store rows fsynced, then one
+catalog transaction). A path already in the library gets its vector for this model replaced.
+Bad rows are counted and skipped: among them paths without an image extension (the server would
+never serve such a file, and an import must not make one reachable).
 """
 
 from __future__ import annotations
@@ -37,12 +44,14 @@ from searchlite.catalog import Catalog, ImageRow, ModelRow, Root, VectorRow, joi
 from searchlite.errors import LibraryError
 from searchlite.store import VectorStore, VectorWriter
 from searchlite.store.builder import SegmentBuilder
+from searchlite.thumbnails import is_image_name
 
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 65_536
 PART_ROWS = 1_000_000
-OPTIONAL = ("sha256", "size", "mtime_ns", "width", "height", "taken_at", "taken_offset")
+OPTIONAL = ("sha256", "size", "mtime_ns", "width", "height", "taken_at", "taken_offset", "taken_source", "format",
+            "companion", "camera")
 MAX_PROBLEMS = 100
 
 
@@ -101,6 +110,13 @@ def _normalise_path(raw: Any) -> str | None:
     if not raw.startswith("/"):
         return None
     return os.path.normpath(raw)
+
+
+def _text(value: Any, longest: int | None = None) -> str | None:
+    """A non-empty string column value (at most ``longest`` characters), else None."""
+    if not isinstance(value, str) or not value.strip() or (longest is not None and len(value) > longest):
+        return None
+    return value.strip()
 
 
 def _wall_clock(value: Any) -> tuple[datetime | None, int | None]:
@@ -174,6 +190,7 @@ def _import_batch(catalog: Catalog, model: ModelRow, writer: VectorWriter, roots
     keep: dict[str, int] = {}  # path -> row in batch (the last one wins within a batch)
     for i, path in enumerate(paths):
         reason = ("path must be absolute or a URI" if path is None else
+                  "path has no image file extension" if not is_image_name(path) else
                   f"vector length is not {model.dim}" if not ok[i] else
                   "vector has NaN or infinite values" if not finite[i] else
                   "vector is all zeros" if norms[i] == 0 else None)
@@ -206,26 +223,41 @@ def _upsert_images(s, roots: _Roots, keep: dict[str, int], data: dict) -> list[i
     now = utcnow()
     located = [roots(s, path) for path in keep]
     rows = []
-    for (root_id, relpath), i in zip(located, keep.values()):
+    for path, (root_id, relpath), i in zip(keep, located, keep.values()):
         fields = {key: data[key][i] for key in ("sha256", "size", "mtime_ns", "width", "height") if key in data}
         taken, offset = _wall_clock(data["taken_at"][i]) if "taken_at" in data else (None, None)
         if "taken_offset" in data and data["taken_offset"][i] is not None:
             offset = data["taken_offset"][i]
         if taken is not None:
-            fields.update(taken_at=taken, taken_offset=offset, taken_source="import")
+            source = _text(data["taken_source"][i], 16) if "taken_source" in data else None
+            fields.update(taken_at=taken, taken_offset=offset, taken_source=source or "import")
+        fmt = _text(data["format"][i], 16) if "format" in data else None
+        fields.update(format=fmt.upper() if fmt else None,
+                      camera=_text(data["camera"][i], 200) if "camera" in data else None,
+                      companion=_companion(path, relpath, data["companion"][i] if "companion" in data else None))
         rows.append((root_id, relpath, {k: v for k, v in fields.items() if v is not None}))
     existing = _ids(s, [(r, rel) for r, rel, _ in rows])
     for r, rel, fields in rows:
         if (r, rel) in existing:
             s.execute(ImageRow.__table__.update().where(ImageRow.id == existing[(r, rel)]).values(
                 status="ok", error=None, indexed_at=now, **fields))
-    columns = ("sha256", "size", "mtime_ns", "width", "height", "taken_at", "taken_offset", "taken_source")
+    columns = ("sha256", "size", "mtime_ns", "width", "height", "taken_at", "taken_offset", "taken_source", "format",
+               "camera", "companion")
     fresh = [dict({c: None for c in columns}, root_id=r, relpath=rel, status="ok", error=None, indexed_at=now,
                   **{"size": -1, "mtime_ns": 0, **fields}) for r, rel, fields in rows if (r, rel) not in existing]
     if fresh:
         s.execute(insert(ImageRow), fresh)
         existing.update(_ids(s, [(f["root_id"], f["relpath"]) for f in fresh]))
     return [existing[(r, rel)] for r, rel, _ in rows]
+
+
+def _companion(path: str, relpath: str, value: Any) -> str | None:
+    """A RAW companion's relpath in the image's root (the catalog's form), if it lies in that root."""
+    companion = _normalise_path(value)
+    root = path[: len(path) - len(relpath)]  # 'ROOT/'
+    if companion is None or not companion.startswith(root) or not is_image_name(companion):
+        return None
+    return companion[len(root):]
 
 
 def _ids(s, keys: list[tuple[int, str]]) -> dict[tuple[int, str], int]:
@@ -243,7 +275,8 @@ def _ids(s, keys: list[tuple[int, str]]) -> dict[tuple[int, str], int]:
 def _export_rows(catalog: Catalog, model: ModelRow, chunk: int = BATCH_ROWS) -> Iterator[list]:
     last = -1
     cols = [VectorRow.store_row, Root.path.label("root"), ImageRow.relpath, ImageRow.sha256, ImageRow.size,
-            ImageRow.mtime_ns, ImageRow.width, ImageRow.height, ImageRow.taken_at, ImageRow.taken_offset]
+            ImageRow.mtime_ns, ImageRow.width, ImageRow.height, ImageRow.taken_at, ImageRow.taken_offset,
+            ImageRow.taken_source, ImageRow.format, ImageRow.companion, ImageRow.camera]
     while True:
         with catalog.Session() as s:
             rows = s.execute(select(*cols).join(ImageRow, ImageRow.id == VectorRow.image_id)
@@ -261,7 +294,8 @@ def export_schema(dim: int) -> Any:
 
     return pa.schema([("path", pa.string()), ("vector", pa.list_(pa.float32(), dim)), ("sha256", pa.string()),
                       ("size", pa.int64()), ("mtime_ns", pa.int64()), ("width", pa.int32()), ("height", pa.int32()),
-                      ("taken_at", pa.timestamp("us")), ("taken_offset", pa.int16())])
+                      ("taken_at", pa.timestamp("us")), ("taken_offset", pa.int16()), ("taken_source", pa.string()),
+                      ("format", pa.string()), ("companion", pa.string()), ("camera", pa.string())])
 
 
 class _Parts:
@@ -315,6 +349,9 @@ def export_parquet(catalog: Catalog, model: ModelRow, store: VectorStore, out: P
             "mtime_ns": [r.mtime_ns or None for r in rows],
             "width": [r.width for r in rows], "height": [r.height for r in rows],
             "taken_at": [r.taken_at for r in rows], "taken_offset": [r.taken_offset for r in rows],
+            "taken_source": [r.taken_source for r in rows], "format": [r.format for r in rows],
+            "companion": [join_path(r.root, r.companion) if r.companion else None for r in rows],
+            "camera": [r.camera for r in rows],
         }, schema=schema))
         written += len(rows)
     if output.writer is None and output.count == 0:

@@ -2,8 +2,9 @@
 cached in the library (``thumbnails/<size>/<id>-<content key>.jpg``); a changed image gets a new
 key, so its thumbnail is regenerated and the stale one removed.
 
-Files are found only through the catalog (by image id), and only inside their root: a symlink
-that leads out of an indexed folder is never read or served.
+Files are found only through the catalog (by image id), only inside their root (a symlink that
+leads out of an indexed folder is never read or served), and only when the name, and the name of
+the file a symlink leads to, has an image extension (a Parquet import cannot expose other files).
 """
 
 from __future__ import annotations
@@ -36,7 +37,16 @@ def servable_path(lib, image_id: int) -> tuple[object, Path]:
         raise NotServable(f"image {image_id} is not on disk") from exc
     if not real.is_relative_to(real_root) or not real.is_file():
         raise NotServable(f"image {image_id} lies outside its indexed folder")
+    if not (is_image_name(path) and is_image_name(str(real))):
+        raise NotServable(f"image {image_id} is not an image file (by its name)")
     return row, real
+
+
+def is_image_name(path: str) -> bool:
+    """Whether a path (or URI) ends in one of the image extensions the scanner indexes."""
+    from searchlite.imaging import IMAGE_EXTENSIONS
+
+    return os.path.splitext(path.rstrip("/"))[1].lower() in IMAGE_EXTENSIONS
 
 
 def thumbnail(lib, image_id: int, size: int = 256) -> Path:

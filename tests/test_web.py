@@ -1,5 +1,6 @@
 """The HTTP API of `searchlite serve --http`: every endpoint, every error path, the token rules,
-and attempts to reach files outside the library (all 4xx, nothing served)."""
+and attempts to reach files outside the library (all 4xx, nothing served). The Host, cross-site,
+model, upload and import rules are in test_web_security.py."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ fastapi = pytest.importorskip("fastapi", reason="the web extra is not installed"
 from fastapi.testclient import TestClient  # noqa: E402
 
 from searchlite.web.app import create_app  # noqa: E402
+
+BASE = "http://127.0.0.1:8765"  # the Host every request carries (TestClient's default, "testserver", is refused)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def _all(lib: Library) -> list[tuple[int, str]]:
 @pytest.fixture()
 def client(site):
     _, _, lib, _ = site
-    return TestClient(create_app(lib))
+    return TestClient(create_app(lib), base_url=BASE)
 
 
 def test_search_pages_have_the_cli_keys_and_stitch_together(client, site):
@@ -101,8 +104,9 @@ def test_similar_by_id_and_by_upload(client, site):
     assert bad.status_code == 400 and "cannot read the query image" in bad.json()["error"]
 
 
-def test_compare_marks_agreement(client, site, hf_siglip):
+def test_compare_marks_agreement(site, hf_siglip):
     _, photos, lib, _ = site
+    client = TestClient(create_app(lib, models=[f"hf:{hf_siglip}"]), base_url=BASE)  # as `serve --model hf:...`
     out = client.get("/api/compare", params={"q": "three yellow triangles", "models": f"demo,hf:{hf_siglip}",
                                               "k": 5}).json()
     assert set(out) == {"demo", f"hf:{hf_siglip}"}
@@ -175,7 +179,7 @@ def test_symlinks_out_of_the_root_and_deleted_images_are_not_served(client, site
     ({"q": ""}, "q"), ({"q": "x", "k": 0}, "k"), ({"q": "x", "k": 5000}, "k"), ({"q": "x", "k": "many"}, "k"),
     ({"q": "x", "offset": -1}, "offset"), ({"q": "x", "min_prob": 2}, "min_prob"), ({"q": "x", "sort": "random"}, "sort"),
     ({"q": "x", "after": "yesterday"}, "after"), ({"q": "x", "template": "no placeholder"}, "exactly one"),
-    ({"q": "x", "model": "hf:/no/such/model"}, "has not indexed"), ({}, "q"),
+    ({"q": "x", "model": "hf:/no/such/model"}, "not available over HTTP"), ({}, "q"),
 ])
 def test_bad_parameters_are_one_line_json_errors(client, params, message):
     response = client.get("/api/search", params=params)
@@ -197,26 +201,37 @@ def test_status_and_page(client, site):
 
 def test_token_rules(site):
     _, _, lib, _ = site
-    client = TestClient(create_app(lib, token="s3cret"))
+    client = TestClient(create_app(lib, token="s3cret"), base_url=BASE)
     assert client.get("/api/status").status_code == 401
     assert client.get("/").status_code == 401
     assert client.get("/api/status", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/api/status", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     opened = client.get("/?token=s3cret", follow_redirects=False)
     assert opened.status_code == 303 and opened.headers["location"] == "/"
-    assert "token=s3cret" in opened.headers["set-cookie"] and "HttpOnly" in opened.headers["set-cookie"]
+    cookie = opened.headers["set-cookie"]
+    assert cookie.startswith("searchlite_token_8765=s3cret;") and "HttpOnly" in cookie and "SameSite=strict" in cookie
     assert client.get("/api/status").status_code == 200  # the cookie now carries it
     client.cookies.clear()
     assert client.get("/api/image/1").status_code == 401
+    # the other query parameters survive the redirect (the page opens on that search)
+    opened = client.get("/?q=two+red+circles&token=s3cret&model=demo", follow_redirects=False)
+    assert opened.status_code == 303 and opened.headers["location"] == "/?q=two+red+circles&model=demo"
+    client.cookies.clear()
+    # a non-ASCII token is simply wrong (compared as bytes), never a 500
+    for url in ("/?token=%C3%A9t%C3%A9", "/?token=%FF%FE", "/api/status?token=\u00e9"):
+        response = client.get(url)
+        assert response.status_code == 401 and set(response.json()) == {"error"}
+    response = client.get("/api/status", headers={"Authorization": "Bearer s3cr\u00e9t".encode("latin-1")})
+    assert response.status_code == 401
 
 
 def test_non_loopback_http_needs_a_token(tmp_path):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "searchlite", "serve", "--http", "0.0.0.0:8765", "-L", str(tmp_path)],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "without --token" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "searchlite", "serve", "--http", "0.0.0.0:8765", "--no-token",
+                          "-L", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "without a token" in out.stderr
     from searchlite.web import is_loopback, parse_bind
 
     assert parse_bind("8080") == ("127.0.0.1", 8080) and parse_bind("[::1]:9000") == ("::1", 9000)

@@ -3,55 +3,206 @@
 Every front end goes through :class:`searchlite.library.Library`. Files are served only by
 catalog id (never by a path from the request) and only from inside their indexed folder; the
 server never fetches URLs; every parameter is validated and every error is ``{"error": "..."}``
-with a 4xx status (a 500 says "internal error", never a traceback). With a token, every request
-needs ``Authorization: Bearer TOKEN`` or the ``token`` cookie that ``/?token=TOKEN`` sets once.
+with a 4xx status (a 500 says "internal error", never a traceback).
+
+Before any endpoint runs, :class:`Guard` refuses (as Jupyter Server does):
+
+* a ``Host`` header that is not one of the server's own names (DNS rebinding) -- 403;
+* a request a browser marks as coming from another site (``Sec-Fetch-Site`` other than
+  ``same-origin`` / ``none``, or an ``Origin`` that is not this server) -- 403; no CORS headers are
+  ever sent, so other pages cannot read anything either;
+* with a token, a request without it (``Authorization: Bearer TOKEN``, or the cookie that opening
+  ``/?token=TOKEN`` sets) -- 401;
+* a body over the upload limit, on its ``Content-Length`` before anything is read, or as soon as
+  a chunked body passes the limit -- 413.
+
+Over HTTP, ``model`` / ``models`` parameters name only models the library knows or the server
+was started with: a request never makes the server load a checkpoint path or a hub id.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-from datetime import datetime
+import re
 from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode, urlsplit
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from searchlite import Filters, QueryError, SearchliteError, SearchResult
+from searchlite.errors import QueryError, SearchliteError
+from searchlite.query import Filters, SearchResult
 from searchlite.thumbnails import NotServable, servable_path, thumbnail
+from searchlite.web import HostCheck
 
 log = logging.getLogger(__name__)
 
 MAX_K = 200
 MAX_UPLOAD = 50 << 20
+#: the most a request body may be: one upload plus the multipart envelope and form fields
+MAX_BODY = MAX_UPLOAD + (1 << 20)
+#: uploads are decoded only up to this many pixels (checked from the header, before decoding)
+UPLOAD_MAX_PIXELS = 40_000_000
 STATIC = resources.files("searchlite.web") / "static"
 
 K = Annotated[int, Query(ge=1, le=MAX_K)]
 Offset = Annotated[int, Query(ge=0, le=100_000)]
 Prob = Annotated[float | None, Query(ge=0.0, le=1.0)]
 Text = Annotated[str | None, Query(max_length=2000)]
+Size = Annotated[int | None, Query(ge=1, le=1_000_000)]
+FormText = Annotated[str | None, Form(max_length=2000)]
+FormSize = Annotated[int | None, Form(ge=1, le=1_000_000)]
 
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message.strip().splitlines()[0] if message.strip() else "error"}, status_code=status)
 
 
-def _date(value: str | None, name: str) -> datetime | None:
-    if not value:
+class BodyTooLarge(StarletteHTTPException):
+    """A request body past the limit (raised while it is read, so nothing more is read)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than the limit ({limit:,} bytes)")
+
+
+def _same(offered: str, token: str) -> bool:
+    """Constant-time comparison of bytes (a non-ASCII string is simply wrong, not an error)."""
+    return hmac.compare_digest(offered.encode("utf-8", "surrogateescape"), token.encode("utf-8"))
+
+
+class Guard:
+    """Pure ASGI middleware: Host, cross-site, token and body-size checks before the app runs."""
+
+    def __init__(self, app: ASGIApp, hosts: HostCheck, token: str | None, max_body: int = MAX_BODY) -> None:
+        self.app, self.hosts, self.token, self.max_body = app, hosts, token, max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        refusal = self.refusal(request)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        started = False
+        total = 0
+
+        async def counted() -> Message:
+            nonlocal total
+            message = await receive()
+            if message["type"] == "http.request":
+                total += len(message.get("body", b""))
+                if total > self.max_body:
+                    raise BodyTooLarge(self.max_body)
+            return message
+
+        async def hardened(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff"),
+                                      (b"cross-origin-resource-policy", b"same-origin")]
+            await send(message)
+
+        try:
+            await self.app(scope, counted, hardened)
+        except BodyTooLarge as exc:
+            if started:
+                raise
+            await _error(413, exc.detail)(scope, receive, send)
+
+    def refusal(self, request: Request) -> Response | None:
+        """The error (or the token redirect) to answer instead of the app, if any."""
+        host = request.headers.get("host")
+        if not self.hosts(host):
+            log.warning("refused a request with Host %r (DNS rebinding?)", host)
+            return _error(403, "this server does not answer to that Host name (start it with --allow-host NAME "
+                               "to use one)")
+        site = request.headers.get("sec-fetch-site")
+        if site is not None and site.lower() not in ("same-origin", "none"):
+            return _error(403, f"cross-site request refused (Sec-Fetch-Site: {site})")
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin.lower()).netloc != host.lower():
+            return _error(403, "cross-origin request refused (its Origin is not this server)")
+        return self.token_refusal(request, host) or self.length_refusal(request.headers.get("content-length"))
+
+    def token_refusal(self, request: Request, host: str) -> Response | None:
+        if self.token is None:
+            return None
+        port = re.match(r"^.*?(?::(\d+))?$", host).group(1) or "80"
+        cookie = f"searchlite_token_{port}"  # cookies ignore ports: one per port keeps two servers apart
+        if request.url.path == "/" and "token" in request.query_params:
+            if not _same(request.query_params["token"], self.token):
+                return _error(401, "wrong token (use the URL `searchlite serve` printed)")
+            rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+            response = RedirectResponse("/?" + urlencode(rest) if rest else "/", status_code=303)
+            response.set_cookie(cookie, self.token, httponly=True, samesite="strict")
+            return response  # the token leaves the URL (and history); the rest of the query stays
+        header = request.headers.get("authorization", "")
+        offered = header[7:] if header[:7].lower() == "bearer " else request.cookies.get(cookie, "")
+        if not _same(offered, self.token):
+            return _error(401, "missing or wrong token (open the URL with ?token= that `searchlite serve` "
+                               "printed, or send Authorization: Bearer TOKEN)")
         return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise QueryError(f"{name} must be a date like 2023-07-01, got {value!r}") from exc
+
+    def length_refusal(self, length: str | None) -> Response | None:
+        """A declared body over the limit is refused before a byte of it is read."""
+        if length is None:
+            return None
+        if not length.strip().isdigit():
+            return _error(400, "bad Content-Length")
+        if int(length) > self.max_body:
+            return _error(413, f"the request body is larger than the limit ({self.max_body:,} bytes)")
+        return None
 
 
-def _filters(folder: str | None, after: str | None, before: str | None) -> Filters:
-    return Filters(folder=Path(folder) if folder else None, after=_date(after, "after"), before=_date(before, "before"))
+def _formats(values: list[str] | None) -> list[str]:
+    out = [f.strip() for value in values or [] for f in value.split(",") if f.strip()]
+    if len(out) > 50 or any(len(f) > 16 for f in out):
+        raise QueryError("format takes up to 50 format names (JPEG, PNG, ...)")
+    return out
+
+
+def make_filters(folder: str | None = None, glob: str | None = None, after: str | None = None,
+                 before: str | None = None, min_width: int | None = None, min_height: int | None = None,
+                 formats: list[str] | None = None) -> Filters:
+    """The filters of a request, parsed exactly as the CLI's and the socket server's."""
+    return Filters.from_json({"folder": folder or None, "glob": glob or None, "after": after or None,
+                              "before": before or None, "min_width": min_width, "min_height": min_height,
+                              "formats": _formats(formats)})
+
+
+def query_filters(folder: Text = None, glob: Text = None, after: Text = None, before: Text = None,
+                  min_width: Size = None, min_height: Size = None,
+                  format: Annotated[list[str] | None, Query()] = None) -> Filters:  # noqa: A002
+    return make_filters(folder, glob, after, before, min_width, min_height, format)
+
+
+def form_filters(folder: FormText = None, glob: FormText = None, after: FormText = None, before: FormText = None,
+                 min_width: FormSize = None, min_height: FormSize = None,
+                 format: Annotated[list[str] | None, Form()] = None) -> Filters:  # noqa: A002
+    return make_filters(folder, glob, after, before, min_width, min_height, format)
+
+
+QueryFilters = Annotated[Filters, Depends(query_filters)]
+FormFilters = Annotated[Filters, Depends(form_filters)]
+
+
+def allowed_models(lib: Any, preload: tuple[str, ...]) -> set[str]:
+    """Model names a request may use: the library's models (indexed or registered for re-scoring),
+    the aliases that name them, and the models the server was started with (``--model``)."""
+    from searchlite.models.registry import aliases
+
+    specs = {m.spec for m in lib.catalog.models()}
+    specs |= {aliases().get(p, p) for p in preload}
+    return specs | set(preload) | {alias for alias, spec in aliases().items() if spec in specs}
 
 
 def _page(results: list[SearchResult], k: int, offset: int) -> dict:
@@ -67,24 +218,26 @@ def _result(r: SearchResult) -> dict:
     return d
 
 
-def create_app(lib: Any, token: str | None = None) -> FastAPI:
-    """The ASGI app over a Library (shared with the Unix-socket service through ``lib.lock``)."""
-    app = FastAPI(title="searchlite", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+def create_app(lib: Any, token: str | None = None, *, bound_host: str | None = None,
+               allow_hosts: tuple[str, ...] | list[str] = (), models: tuple[str, ...] | list[str] = (),
+               max_body: int = MAX_BODY) -> FastAPI:
+    """The ASGI app over a Library (shared with the Unix-socket service through ``lib.lock``).
 
-    @app.middleware("http")
-    async def require_token(request: Request, call_next: Any) -> Response:
-        if token is None:
-            return await call_next(request)
-        given = request.query_params.get("token") if request.url.path == "/" else None
-        if given is not None and hmac.compare_digest(given, token):
-            response = RedirectResponse("/", status_code=303)  # the token leaves the URL (and history)
-            response.set_cookie("token", token, httponly=True, samesite="strict")
-            return response
-        header = request.headers.get("authorization", "")
-        offered = header[7:] if header.lower().startswith("bearer ") else request.cookies.get("token", "")
-        if not hmac.compare_digest(offered.encode(), token.encode()):
-            return _error(401, "missing or wrong token (Authorization: Bearer TOKEN, or open /?token=TOKEN once)")
-        return await call_next(request)
+    ``bound_host`` and ``allow_hosts`` decide the Host names answered (loopback ones always);
+    ``models`` are the server's ``--model`` models, accepted besides the library's own."""
+    app = FastAPI(title="searchlite", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app.add_middleware(Guard, hosts=HostCheck(bound_host, allow_hosts), token=token, max_body=max_body)
+    preload = tuple(m.strip() for m in models if m.strip())
+
+    def known(spec: str | None) -> str | None:
+        if spec is None or not spec.strip():
+            return None
+        allowed = allowed_models(lib, preload)
+        if spec.strip() not in allowed:
+            raise QueryError(f"model {spec.strip()!r} is not available over HTTP; use one of: "
+                             f"{', '.join(sorted(allowed)) or 'none (nothing is indexed yet)'} "
+                             "(start the server with --model SPEC to offer another)")
+        return spec.strip()
 
     @app.exception_handler(NotServable)
     async def not_servable(_request: Request, exc: NotServable) -> JSONResponse:
@@ -110,41 +263,53 @@ def create_app(lib: Any, token: str | None = None) -> FastAPI:
         return _error(500, "internal error")
 
     @app.get("/api/search")
-    def search(q: Annotated[str, Query(min_length=1, max_length=2000)], k: K = 20, offset: Offset = 0,
-               model: Text = None, template: Text = None, min_prob: Prob = None, folder: Text = None,
-               after: Text = None, before: Text = None,
+    def search(q: Annotated[str, Query(min_length=1, max_length=2000)], filters: QueryFilters, k: K = 20,
+               offset: Offset = 0, model: Text = None, template: Text = None, min_prob: Prob = None,
                sort: Annotated[str, Query(pattern="^(relevance|date)$")] = "relevance") -> dict:
         with lib.lock:
-            results = lib.search(q, model, k, offset=offset, template=template, min_prob=min_prob, sort=sort,
-                                 filters=_filters(folder, after, before), files=False)
+            results = lib.search(q, known(model), k, offset=offset, template=template, min_prob=min_prob, sort=sort,
+                                 filters=filters, files=False)
         return _page(results, k, offset)
 
     @app.get("/api/similar")
-    def similar(id: int, k: K = 20, offset: Offset = 0, model: Text = None, min_prob: Prob = None,  # noqa: A002
-                folder: Text = None, after: Text = None, before: Text = None) -> dict:
+    def similar(id: int, filters: QueryFilters, k: K = 20, offset: Offset = 0, model: Text = None,  # noqa: A002
+                min_prob: Prob = None) -> dict:
         with lib.lock:
-            results = lib.similar(id, model, k, offset=offset, min_prob=min_prob, filters=_filters(folder, after, before))
+            results = lib.similar(id, known(model), k, offset=offset, min_prob=min_prob, filters=filters)
         return _page(results, k, offset)
 
     @app.post("/api/similar")
-    def similar_upload(file: Annotated[UploadFile, File()], k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
-                       offset: Annotated[int, Form(ge=0, le=100_000)] = 0,
-                       model: Annotated[str | None, Form(max_length=2000)] = None) -> dict:
+    def similar_upload(file: Annotated[UploadFile, File()], filters: FormFilters,
+                       k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
+                       offset: Annotated[int, Form(ge=0, le=100_000)] = 0, model: FormText = None,
+                       min_prob: Annotated[float | None, Form(ge=0.0, le=1.0)] = None) -> dict:
+        from searchlite.imaging import load_image
+
         data = file.file.read(MAX_UPLOAD + 1)
         if len(data) > MAX_UPLOAD:
-            raise QueryError(f"the upload is larger than {MAX_UPLOAD >> 20} MB")
+            raise StarletteHTTPException(413, f"the upload is larger than {MAX_UPLOAD >> 20} MB")
+        spec = known(model)
         with lib.lock:
-            results = lib.similar(data, model, k, offset=offset)
+            emb = lib.embedder_for(lib.model_row(spec))
+        try:  # decoded outside the library lock; the pixel limit is checked from the header first
+            image = load_image(data, target_size=emb.image_size, max_pixels=UPLOAD_MAX_PIXELS).image
+        except Exception as exc:
+            raise QueryError(f"cannot read the query image: {exc}") from exc
+        with lib.lock:
+            vector = emb.embed_images([image])[0]
+            results = lib.similar(vector, spec, k, offset=offset, min_prob=min_prob, filters=filters)
         return _page(results, k, offset)
 
     @app.get("/api/compare")
     def compare(q: Annotated[str, Query(min_length=1, max_length=2000)],
-                models: Annotated[str, Query(min_length=1, max_length=4000)], k: K = 10) -> dict:
+                models: Annotated[str, Query(min_length=1, max_length=4000)], filters: QueryFilters,
+                k: K = 10) -> dict:
         specs = [m.strip() for m in models.split(",") if m.strip()]
         if not 1 <= len(specs) <= 4:
             raise QueryError("models takes one to four comma-separated models")
+        specs = [known(s) for s in specs]
         with lib.lock:
-            out = lib.compare(q, specs, k, files=False)
+            out = lib.compare(q, specs, k, files=False, filters=filters)
         return {spec: [_result(r) for r in res] for spec, res in out.items()}
 
     @app.get("/api/scores")

@@ -188,8 +188,12 @@ def serve(
                                                        help="Exit after this many seconds without a request.")] = None,
     http: Annotated[str | None, typer.Option("--http", help="Also serve the web page and HTTP API on [HOST:]PORT "
                                              "(default host 127.0.0.1).")] = None,
-    token: Annotated[str | None, typer.Option("--token", help="Require this token on every HTTP request "
-                                              "(needed to bind a non-loopback address).")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="The token every HTTP request needs (default: a "
+                                              "random one, printed in the page's URL).")] = None,
+    no_token: Annotated[bool, typer.Option("--no-token", help="No token on HTTP requests (loopback addresses "
+                                           "only).")] = False,
+    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help="Also answer HTTP requests whose Host "
+                                                         "header is this name (repeatable).")] = None,
     device: DeviceOpt = "auto",
     library: LibraryOpt = None,
 ) -> None:
@@ -204,11 +208,17 @@ def serve(
         from searchlite.web import is_loopback, parse_bind
 
         bind = parse_bind(http)
-        if not is_loopback(bind[0]) and not token:
+        if token is not None and (no_token or not token.strip()):
+            raise typer.BadParameter("--token takes a non-empty token and cannot be combined with --no-token")
+        if no_token and not is_loopback(bind[0]):
             from searchlite.errors import SearchliteError
 
-            raise SearchliteError(f"refusing to serve on {bind[0]} without --token (anyone on the network could see "
-                                  "your photos); bind 127.0.0.1 or pass --token SECRET")
+            raise SearchliteError(f"refusing to serve on {bind[0]} without a token (anyone on the network could see "
+                                  "your photos); bind 127.0.0.1 or drop --no-token")
+        if not no_token and token is None:
+            import secrets
+
+            token = secrets.token_urlsafe(32)
     lib = open_library(library, device)
     print(f"serving {lib.path} on {socket_path(lib.path)} (Ctrl-C to stop)", flush=True)
     try:
@@ -219,8 +229,8 @@ def serve(
 
         threading.Thread(target=run_server, args=(lib, model or []), daemon=True).start()
         host = f"[{bind[0]}]" if ":" in bind[0] else bind[0]
-        print(f"web page on http://{host}:{bind[1]}/", flush=True)
-        serve_http(lib, bind[0], bind[1], token)
+        print(f"web page on http://{host}:{bind[1]}/" + (f"?token={token}" if token else ""), flush=True)
+        serve_http(lib, bind[0], bind[1], token, allow_hosts=allow_host or (), models=model or ())
     except KeyboardInterrupt:
         print("stopped")
 

@@ -46,6 +46,15 @@ class ModelSpec:
     source: str  # hub id, folder, or open_clip architecture
     pretrained: str | None
     model_id: str
+    alias: str | None = None  # the zoo entry this spec names (by alias or by its full spec)
+    tokenizer: str | None = None  # openclip: a local tokenizer folder (or hub id) instead of the config's
+
+    @property
+    def entry(self):  # noqa: ANN201 - a ZooEntry | None (imported lazily)
+        """The zoo entry of this model, or None for a model the zoo does not list."""
+        from searchlite.models.zoo import entry
+
+        return entry(self.alias) if self.alias else None
 
     @property
     def canonical(self) -> str:
@@ -54,7 +63,8 @@ class ModelSpec:
             return DEMO_ALIAS
         if self.backend == "hf":
             return f"hf:{self.source}"
-        return f"openclip:{self.source}" + (f"@{self.pretrained}" if self.pretrained else "")
+        return (f"openclip:{self.source}" + (f"@{self.pretrained}" if self.pretrained else "")
+                + (f"?tokenizer={self.tokenizer}" if self.tokenizer else ""))
 
 
 
@@ -75,7 +85,7 @@ def stored_spec_missing(spec: str) -> Path | None:
     backend, _, rest = spec.partition(":")
     if backend not in ("hf", "openclip"):
         return None
-    for part in rest.split("@"):
+    for part in rest.replace("?tokenizer=", "@").split("@"):
         if part.startswith("/") and not Path(part).exists():
             return Path(part)
     return None
@@ -107,7 +117,11 @@ def parse_spec(spec: str) -> ModelSpec:
             raise ModelLoadError(
                 f"the demo model is not at {folder}; run from a source checkout or set SEARCHLITE_DEMO_MODEL"
             )
-        return ModelSpec("hf", str(folder), None, f"demo#{fingerprint(folder)}")
+        return ModelSpec("hf", str(folder), None, f"demo#{fingerprint(folder)}", DEMO_ALIAS)
+    from searchlite.models.zoo import for_spec
+
+    known = for_spec(spec)
+    alias = known.alias if known is not None else None
     spec = aliases().get(spec, spec)
     backend, sep, rest = spec.partition(":")
     if not sep or backend not in {"hf", "openclip"} or not rest:
@@ -119,40 +133,68 @@ def parse_spec(spec: str) -> ModelSpec:
         folder = Path(rest).expanduser()
         if folder.is_dir():
             return ModelSpec("hf", str(folder.resolve()), None, f"hf:{folder.resolve().name}#{fingerprint(folder)}")
-        return ModelSpec("hf", rest, None, f"hf:{rest}")
+        return ModelSpec("hf", rest, None, f"hf:{rest}", alias)
+    rest, tokenizer = _tokenizer_option(rest)
     arch, _, pretrained = rest.partition("@")
     folder = Path(arch).expanduser()
     if folder.is_dir():
         return ModelSpec("openclip", str(folder.resolve()), None,
-                         f"openclip:{folder.resolve().name}#{fingerprint(folder)}")
+                         f"openclip:{folder.resolve().name}#{fingerprint(folder)}", tokenizer=tokenizer)
     if not pretrained:
         raise ModelLoadError(
             f"openclip spec '{spec}' needs weights: openclip:{arch}@<pretrained tag or checkpoint file>"
         )
     weights = Path(pretrained).expanduser()
     if weights.is_file():
-        return ModelSpec("openclip", arch, str(weights.resolve()), f"openclip:{arch}@{weights.stem}#{fingerprint(weights)}")
+        return ModelSpec("openclip", arch, str(weights.resolve()), f"openclip:{arch}@{weights.stem}#{fingerprint(weights)}",
+                         tokenizer=tokenizer)
     if pretrained.startswith((".", "/", "~")) or pretrained.endswith((".safetensors", ".bin", ".pt", ".pth")):
         raise ModelLoadError(f"checkpoint file not found: {pretrained}")
-    return ModelSpec("openclip", arch, pretrained, f"openclip:{arch}@{pretrained}")
+    return ModelSpec("openclip", arch, pretrained, f"openclip:{arch}@{pretrained}", alias, tokenizer)
+
+
+def _tokenizer_option(rest: str) -> tuple[str, str | None]:
+    """``ARCH@weights?tokenizer=/folder`` -> (``ARCH@weights``, absolute folder or hub id)."""
+    rest, sep, query = rest.partition("?")
+    if not sep:
+        return rest, None
+    key, eq, value = query.partition("=")
+    if key != "tokenizer" or not eq or not value:
+        raise ModelLoadError(f"bad openclip spec option '?{query}': the one option is ?tokenizer=<folder or hub id>")
+    folder = Path(value).expanduser()
+    if folder.is_dir():
+        return rest, str(folder.resolve())
+    if value.startswith((".", "/", "~")):
+        raise ModelLoadError(f"tokenizer folder not found: {value}")
+    return rest, value
 
 
 @lru_cache(maxsize=8)
 def _load(spec: ModelSpec, device: str, batch_size: int, precision: str) -> Embedder:
+    from searchlite.models.precision import configure
+
     if spec.backend == "hf":
         from searchlite.models.hf import HFEmbedder
 
-        return HFEmbedder(spec.source, spec.model_id, device=device, batch_size=batch_size, precision=precision)
-    from searchlite.models.openclip import OpenClipEmbedder
+        emb = HFEmbedder(spec.source, spec.model_id, device=device, batch_size=batch_size, precision="fp32",
+                         entry=spec.entry)
+    else:
+        from searchlite.models.openclip import OpenClipEmbedder
 
-    return OpenClipEmbedder(spec.source, spec.pretrained, spec.model_id, device=device,
-                            batch_size=batch_size, precision=precision)
+        entry = spec.entry
+        emb = OpenClipEmbedder(spec.source, spec.pretrained, spec.model_id, device=device,
+                               batch_size=batch_size, precision="fp32",
+                               tokenizer=spec.tokenizer or (entry.text.get("tokenizer") if entry else None),
+                               lang=entry.lang if entry else None)
+    return configure(emb, precision)  # resolved for the device and validated against fp32
 
 
 def load_embedder(spec: str | ModelSpec, device: str = "auto", batch_size: int = 32,
                   precision: str = "auto") -> Embedder:
-    """Load (or reuse from this process's cache) the Embedder for a spec string."""
+    """Load (or reuse from this process's cache) the Embedder for a spec string, in ``precision``
+    (auto|fp32|bf16|fp16; see :mod:`searchlite.models.precision`)."""
     from searchlite.models.base import resolve_device
+    from searchlite.models.precision import check_precision
 
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
-    return _load(parsed, resolve_device(device), batch_size, precision)
+    return _load(parsed, resolve_device(device), batch_size, check_precision(precision))

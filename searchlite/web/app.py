@@ -61,7 +61,10 @@ FormSize = Annotated[int | None, Form(ge=1, le=1_000_000)]
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message.strip().splitlines()[0] if message.strip() else "error"}, status_code=status)
+    # a refused body is not drained: the connection closes instead of reading the rest
+    headers = {"Connection": "close"} if status == 413 else None
+    return JSONResponse({"error": message.strip().splitlines()[0] if message.strip() else "error"}, status_code=status,
+                        headers=headers)
 
 
 class BodyTooLarge(StarletteHTTPException):

@@ -44,11 +44,23 @@ class Library:
     """A searchlite library folder: catalog.sqlite + per-model vector files and FAISS segments."""
 
     def __init__(self, path: str | Path | None = None, *, device: str = "auto", batch_size: int = 32,
-                 create: bool = True) -> None:
+                 create: bool = True, precision: str = "auto", resident: bool = True,
+                 read_only: bool | None = None) -> None:
+        """``precision``: auto|fp32|bf16|fp16 for the torch models (see :mod:`searchlite.models.precision`);
+        ``resident``: a long-lived process (the Python API, ``serve``, the web page), whose query texts
+        take the faster of the ONNX fp32 and the torch reduced-precision text tower, measured once;
+        the one-shot CLI passes False and keeps the light ONNX path (no torch import).
+        ``read_only`` (default: detected, see :class:`Catalog`) opens the library as on read-only media."""
+        from searchlite.models.precision import check_precision
+
         self.path = (Path(path).expanduser() if path else default_library()).absolute()
         self.device = device
         self.batch_size = batch_size
-        self.catalog = Catalog(self.path, create=create)
+        self.precision = check_precision(precision)
+        self.resident = resident
+        #: per model row: which text tower answers queries and the one-query timings that chose it
+        self.text_paths: dict[int, dict[str, Any]] = {}
+        self.catalog = Catalog(self.path, create=create, read_only=read_only)
         self._indexes: dict[int, ModelIndex] = {}
         self._embedders: dict[int, Embedder] = {}
         self._encoders: dict[int, Any] = {}
@@ -61,7 +73,7 @@ class Library:
 
     # -- models ------------------------------------------------------------------------------------
     def embedder(self, spec: str) -> Embedder:
-        return load_embedder(spec, device=self.device, batch_size=self.batch_size)
+        return load_embedder(spec, device=self.device, batch_size=self.batch_size, precision=self.precision)
 
     def embedder_for(self, row: ModelRow) -> Embedder:
         """The model of a catalog row (loaded once per process), with a clear error when its
@@ -152,7 +164,8 @@ class Library:
 
             indexer: Indexer = RayIndexer(self.catalog, pairs, specs=[spec for spec, _ in loaded], address=ray_address,
                                           gpus_per_worker=gpus_per_worker, ray_workers=workers,
-                                          shards=Path(shards) if shards else None, device=self.device, **common)
+                                          shards=Path(shards) if shards else None, device=self.device,
+                                          precision=self.precision, **common)
         else:
             indexer = Indexer(self.catalog, pairs, workers=workers, **common)
         stats = indexer.run(list(paths), progress=progress)
@@ -258,12 +271,25 @@ class Library:
 
     def text_encoder(self, row: ModelRow) -> Any:
         """What embeds query texts for a model: its validated ONNX export (no torch import) when
-        present, else the torch model (loaded once per process)."""
+        present, else the torch model (loaded once per process). A resident library, or one asked
+        for bf16/fp16 explicitly, takes the torch model instead when it runs in a validated
+        reduced precision and answers one query faster (see :func:`searchlite.models.precision.faster_text_encoder`)."""
         encoder = self._encoders.get(row.id)
         if encoder is None:
             from searchlite.models.light import load_light_encoder
 
-            encoder = load_light_encoder(self.export_folder(row)) or self.embedder_for(row)
+            light = load_light_encoder(self.export_folder(row))
+            if light is None:
+                encoder = self.embedder_for(row)
+                self.text_paths[row.id] = {"encoder": f"torch-{getattr(encoder, 'precision', 'fp32')}"}
+            elif self.resident or self.precision in ("bf16", "fp16"):
+                from searchlite.models.precision import faster_text_encoder
+
+                encoder, self.text_paths[row.id] = faster_text_encoder(
+                    light, lambda: self.embedder_for(row), self.precision, self.device,
+                    prefer_torch=self.precision in ("bf16", "fp16") and not self.resident)
+            else:
+                encoder, self.text_paths[row.id] = light, {"encoder": "onnx-fp32"}
             self._encoders[row.id] = encoder
         return encoder
 
@@ -403,7 +429,8 @@ class Library:
         models = []
         for m in self.catalog.models():
             entry = {"model": m.spec, "model_id": m.model_id, "family": m.family, "dim": m.dim,
-                     "indexed": m.indexed, "index_type": m.index_type, "calibrated": m.calib_a is not None}
+                     "indexed": m.indexed, "index_type": m.index_type, "calibrated": m.calib_a is not None,
+                     "precision": json.loads(m.precision) if m.precision else {}}  # vectors written per precision
             if m.indexed:
                 index = self.model_index(m)
                 entry.update(index=index.describe(), stale=int(len(index.snap.tombstones)))

@@ -8,13 +8,16 @@ Skips with a message where Chromium or Playwright is missing, except in CI (CI=t
 from __future__ import annotations
 
 import os
+import queue
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from urllib.request import urlopen
+from urllib.request import Request, urlopen
 
 import pytest
 
@@ -53,15 +56,22 @@ def server(tmp_path_factory, hf_siglip):
                              "--http", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "SEARCHLITE_NO_SERVER": "1"})
     base = f"http://127.0.0.1:{port}"
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     deadline = time.time() + 90
+    token = None
+    while token is None:  # the token the server made, from the URL it prints
+        line = lines.get(timeout=max(0.1, deadline - time.time()))
+        found = re.search(rf"{re.escape(base)}/\?token=([A-Za-z0-9_-]+)", line)
+        token = found.group(1) if found else None
     while True:
         try:
-            urlopen(base + "/api/status", timeout=2).read()
+            urlopen(Request(base + "/api/status", headers={"Authorization": f"Bearer {token}"}), timeout=2).read()
             break
         except OSError:
-            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+            assert proc.poll() is None and time.time() < deadline, "the server did not start"
             time.sleep(0.3)
-    yield base, root
+    yield base, root, token
     proc.terminate()
     proc.wait(10)
 
@@ -81,11 +91,15 @@ def _paths(page) -> list[str]:
 
 
 def test_search_similar_detail_back_upload_and_compare(server, browser, hf_siglip):
-    base, root = server
+    base, root, token = server
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    bearer = {"Authorization": f"Bearer {token}"}
     page.goto(base + "/")
+    assert "token" in page.inner_text("body")  # without the token: a 401 that says how to get in
+    page.goto(f"{base}/?token={token}")  # the URL `serve` printed: sets the cookie, drops the token
     page.wait_for_selector("body[data-ready]")
+    assert "token" not in page.url
     page.keyboard.press("/")
     assert page.evaluate("document.activeElement.id") == "q"
     import json
@@ -95,7 +109,8 @@ def test_search_similar_detail_back_upload_and_compare(server, browser, hf_sigli
     page.keyboard.type(query)
     page.keyboard.press("Enter")
     page.wait_for_function("document.querySelectorAll('#grid .card').length >= 30")
-    expected = page.request.get(f"{base}/api/search", params={"q": query, "k": 30, "model": "demo"}).json()
+    expected = page.request.get(f"{base}/api/search", params={"q": query, "k": 30, "model": "demo"},
+                                headers=bearer).json()
     assert _paths(page) == [r["path"] for r in expected["results"]]
     described = {str(root / "photos" / c["image"]) for c in captions if c["caption"] == query}
     assert _paths(page)[0] in described  # the demo model finds the photo the words describe
@@ -118,7 +133,8 @@ def test_search_similar_detail_back_upload_and_compare(server, browser, hf_sigli
     page.wait_for_url(f"**similar={first_id}**")
     page.wait_for_function(f"document.querySelector('#grid .card') && "
                            f"!document.querySelector('#grid .card[data-id=\"{first_id}\"]')")
-    similar = page.request.get(f"{base}/api/similar", params={"id": first_id, "k": 30, "model": "demo"}).json()
+    similar = page.request.get(f"{base}/api/similar", params={"id": first_id, "k": 30, "model": "demo"},
+                               headers=bearer).json()
     page.wait_for_function(f"document.querySelectorAll('#grid .card').length >= {min(30, len(similar['results']))}")
     assert _paths(page)[:30] == [r["path"] for r in similar["results"]]
     page.screenshot(path=str(ARTIFACTS / "similar.png"))
@@ -144,7 +160,8 @@ def test_search_similar_detail_back_upload_and_compare(server, browser, hf_sigli
     columns = page.eval_on_selector_all("#compare-view section h2", "hs => hs.map(h => h.textContent)")
     assert columns == ["demo", f"hf:{hf_siglip}"]
     api = page.request.get(f"{base}/api/compare", params={"q": "three yellow triangles",
-                                                          "models": f"demo,hf:{hf_siglip}", "k": 30}).json()
+                                                          "models": f"demo,hf:{hf_siglip}", "k": 30},
+                           headers=bearer).json()
     agreed = page.eval_on_selector_all("#compare-view section:first-child .card.agreed", "cs => cs.map(c => +c.dataset.id)")
     assert agreed == [r["id"] for r in api["demo"] if r["also_in"]]
     page.screenshot(path=str(ARTIFACTS / "compare.png"))

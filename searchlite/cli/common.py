@@ -25,12 +25,19 @@ ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model spec 
                      "library's first model).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|mps")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto|fp32|bf16|fp16 for the model's forward; auto: "
+                                           "bf16 on CPUs with native bf16 and on CUDA GPUs (fp16 where bf16 is "
+                                           "not supported), else fp32; a reduced precision is validated against "
+                                           "fp32 once and falls back to it below cosine 0.999.")]
 
 
-def open_library(library: Path | None, device: str = "auto", batch_size: int = 32, create: bool = False):
+def open_library(library: Path | None, device: str = "auto", batch_size: int = 32, create: bool = False,
+                 precision: str = "auto", resident: bool = False):
+    """The Library of a command: one-shot (light ONNX query path) unless ``resident`` (serve)."""
     from searchlite import Library
 
-    return Library(library, device=device, batch_size=batch_size, create=create)
+    return Library(library, device=device, batch_size=batch_size, create=create, precision=precision,
+                   resident=resident)
 
 
 #: Idle seconds after which a server started by `--serve` exits ($SEARCHLITE_SERVE_IDLE overrides).

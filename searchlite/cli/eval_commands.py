@@ -9,19 +9,21 @@ from typing import Annotated
 
 import typer
 
-from searchlite.cli.common import DeviceOpt, JsonOpt, LibraryOpt, Progress, app, open_library
+from searchlite.cli.common import DeviceOpt, JsonOpt, LibraryOpt, PrecisionOpt, Progress, app, open_library
 
 
-def _bench_library(dataset: Path, library: Path | None, device: str):
-    """The library that caches a dataset's embeddings (default: one per dataset in the cache dir)."""
+def _bench_library(dataset: Path, library: Path | None, device: str, precision: str = "auto"):
+    """The library that caches a dataset's embeddings (default: one per dataset and precision in the
+    cache dir, so one precision's cached vectors never stand in for another's)."""
     import hashlib
 
     from searchlite.config import cache_dir
 
     if library is None:
-        key = hashlib.sha256(str(dataset.expanduser().resolve()).encode()).hexdigest()[:16]
+        name = str(dataset.expanduser().resolve()) + ("" if precision == "auto" else f"\x1f{precision}")
+        key = hashlib.sha256(name.encode()).hexdigest()[:16]
         library = cache_dir() / "bench" / key
-    return open_library(library, device, create=True)
+    return open_library(library, device, create=True, precision=precision)
 
 
 @app.command(rich_help_panel="Benchmarks, calibration and demo")
@@ -38,6 +40,7 @@ def bench(
     plot: Annotated[Path | None, typer.Option("--plot", help="Write recall@k curves to a PNG.")] = None,
     pairs: Annotated[Path | None, typer.Option("--pairs", help="Image->image: CSV of (query, relevant) pairs.")] = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     library: Annotated[Path | None, typer.Option("--library", "-L", help="Bench cache library.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -64,7 +67,7 @@ def bench(
             print(f"warning: {problem}", file=sys.stderr)
         if len(ds.problems) > 20:
             print(f"warning: ... and {len(ds.problems) - 20} more problems", file=sys.stderr)
-    lib = _bench_library(dataset, library, device)
+    lib = _bench_library(dataset, library, device, precision)
     progress = Progress("embedding")
 
     try:

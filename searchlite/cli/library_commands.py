@@ -22,6 +22,7 @@ from searchlite.cli.common import (
     MinProbOpt,
     MinWOpt,
     ModelOpt,
+    PrecisionOpt,
     PreviewOpt,
     Print0Opt,
     Progress,
@@ -56,6 +57,7 @@ def index(
     raw_pairs: Annotated[str, typer.Option("--raw-pairs", help="prefer-jpeg: a RAW beside a JPEG/HEIC of the same "
                                            "name is one photo, shown as the JPEG; both: index each")] = "prefer-jpeg",
     library: LibraryOpt = None,
+    precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Index (or update) folders of images: new, changed, moved and deleted files."""
@@ -63,7 +65,7 @@ def index(
 
     if index_type and index_type not in INDEX_TYPES:
         raise typer.BadParameter(f"--index must be one of {', '.join(INDEX_TYPES)}")
-    lib = open_library(library, device, batch_size, create=True)
+    lib = open_library(library, device, batch_size, create=True, precision=precision)
     progress = Progress("indexing", disable=as_json)
 
     try:
@@ -196,6 +198,7 @@ def serve(
                                                          "header is this name (repeatable).")] = None,
     device: DeviceOpt = "auto",
     library: LibraryOpt = None,
+    precision: PrecisionOpt = "auto",
 ) -> None:
     """Keep models loaded and answer `search` / `similar` instantly; with --http, also the web page (Ctrl-C stops)."""
     import threading
@@ -219,7 +222,7 @@ def serve(
             import secrets
 
             token = secrets.token_urlsafe(32)
-    lib = open_library(library, device)
+    lib = open_library(library, device, precision=precision, resident=True)
     print(f"serving {lib.path} on {socket_path(lib.path)} (Ctrl-C to stop)", flush=True)
     try:
         if bind is None:
@@ -256,6 +259,8 @@ def status(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
         print(f"model {m['model']} ({m['family']}, d={m['dim']}): {count} vectors, index {m['index']} "
               f"({m['index_type']}, {m['stale']} deleted awaiting compaction){', calibrated' if m['calibrated'] else ''}")
 
+        if m.get("precision"):
+            print("  embedded in " + ", ".join(f"{p} {n}" for p, n in sorted(m["precision"].items())))
 
 @app.command()
 def errors(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:

@@ -101,7 +101,7 @@ async function loadPage() {
       form.append("file", lastUpload);
       form.append("k", PAGE);
       form.append("offset", nextOffset);
-      if (state.model) form.append("model", state.model);
+      for (const [key, value] of filterParams()) form.append(key, value);  // the same filters as a text search
       page = await api("/api/similar", { method: "POST", body: form });
     } else if (state.similar) {
       p.set("id", state.similar);
@@ -129,7 +129,13 @@ async function runCompare() {
   const view = $("compare-view");
   view.replaceChildren();
   const models = [state.model || $("model").value, ...state.compare].filter((m, i, all) => m && all.indexOf(m) === i);
-  const out = await api(`/api/compare?q=${encodeURIComponent(state.q)}&models=${encodeURIComponent(models.join(","))}&k=${PAGE}`);
+  const p = filterParams();  // every model's column obeys the page's filters
+  p.delete("model");
+  p.delete("min_prob");
+  p.set("q", state.q);
+  p.set("models", models.join(","));
+  p.set("k", PAGE);
+  const out = await api(`/api/compare?${p}`);
   for (const [model, results] of Object.entries(out)) {
     const column = document.createElement("section");
     const title = document.createElement("h2");

@@ -1,7 +1,14 @@
 """CPU (or GPU) image-embedding throughput of the real architectures behind the aliases,
-random-initialised (same compute as the trained weights; nothing is downloaded).
+random-initialised (same compute as the trained weights; nothing is downloaded), in each
+precision of ``--precision`` (default: fp32 and auto, side by side for each model).
 
-    python benchmarks/models.py [--batch 8] [--batches 2] [--device cpu]
+    python benchmarks/models.py [--batch 8] [--batches 2] [--device cpu] [--precision fp32,auto]
+        [--channels-last auto|on|off|both] [--only SUBSTRING]
+
+``auto`` is what searchlite runs by default on this machine (searchlite.models.precision): bf16
+on CPUs with native bf16 and on CUDA, else fp32. ``--channels-last auto`` does what searchlite
+does: channels_last for convolutional towers (ALIGN's EfficientNet, MobileCLIP) in a reduced
+precision only; ``both`` measures each convolutional tower with and without it.
 """
 
 from __future__ import annotations
@@ -12,9 +19,11 @@ import time
 
 import torch
 
-ARCHS = [  # alias, how to build it, input size
+ARCHS = [  # alias, how to build it, architecture, input size
     ("clip (ViT-B-32)", "openclip", "ViT-B-32-quickgelu", 224),
     ("siglip-base (ViT-B-16-SigLIP)", "openclip", "ViT-B-16-SigLIP", 224),
+    ("siglip2-base (ViT-B-16-SigLIP2)", "openclip", "ViT-B-16-SigLIP2", 224),
+    ("mobileclip2-s0 (MobileCLIP2-S0)", "openclip", "MobileCLIP2-S0", 256),
     ("clip-large (ViT-L-14)", "openclip", "ViT-L-14-quickgelu", 224),
     ("siglip (ViT-SO400M-14-SigLIP-384)", "openclip", "ViT-SO400M-14-SigLIP-384", 384),
     ("align (EfficientNet-B7 + BERT)", "hf-align", None, 289),
@@ -33,34 +42,66 @@ def build(kind: str, arch: str | None):
     return model, lambda x: model.get_image_features(pixel_values=x).pooler_output
 
 
+def rate(encode, x: torch.Tensor, batches: int, device: str) -> tuple[float, torch.Tensor]:
+    """img/s of ``batches`` forward passes after one warm-up, and the last output."""
+    out = encode(x)  # warm-up (oneDNN primitives, autocast weight casts)
+    t = time.perf_counter()
+    for _ in range(batches):
+        out = encode(x)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return len(x) * batches / (time.perf_counter() - t), out
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    from searchlite.models.precision import autocast, resolve_precision
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32,auto", help="comma-separated: auto, fp32, bf16, fp16")
+    parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off", "both"))
     parser.add_argument("--only", default=None, help="substring of the alias to run")
     args = parser.parse_args()
     rows = []
     for alias, kind, arch, size in ARCHS:
         if args.only and args.only not in alias:
             continue
-        model, encode = build(kind, arch)
+        try:
+            model, encode = build(kind, arch)
+        except Exception as exc:  # noqa: BLE001 - e.g. an architecture this open_clip/timm lacks
+            print(f"{alias:36} skipped: {type(exc).__name__}: {exc}", flush=True)
+            continue
         model.eval().to(args.device)
         params = sum(p.numel() for p in model.parameters()) / 1e6
+        conv = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 4
         x = torch.randn(args.batch, 3, size, size, device=args.device)
-        with torch.inference_mode():
-            out = encode(x)  # warm-up
-            t = time.perf_counter()
-            for _ in range(args.batches):
-                encode(x)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t
-        rows.append({"model": alias, "dim": int(out.shape[-1]), "params_m": round(params, 1),
-                     "img_per_s": round(args.batch * args.batches / dt, 2), "device": args.device,
-                     "threads": torch.get_num_threads()})
-        print(f"{alias:36} d={rows[-1]['dim']:5}  {params:7.1f} M params  {rows[-1]['img_per_s']:8.2f} img/s",
-              flush=True)
+        reference = None
+        for requested in args.precision.split(","):
+            chosen = resolve_precision(requested.strip(), args.device)
+            if args.channels_last == "both" and conv:
+                layouts = [False, True]
+            elif args.channels_last == "auto":
+                layouts = [conv and chosen != "fp32"]
+            else:
+                layouts = [args.channels_last == "on"]
+            for channels_last in layouts:
+                fmt = torch.channels_last if channels_last else torch.contiguous_format
+                model.to(memory_format=fmt)
+                with torch.inference_mode(), autocast(args.device, chosen):
+                    img_s, out = rate(encode, x.contiguous(memory_format=fmt), args.batches, args.device)
+                out = torch.nn.functional.normalize(out.float(), dim=-1)
+                if reference is None and chosen == "fp32":
+                    reference = out
+                cos = float((out * reference).sum(-1).min()) if reference is not None else None
+                rows.append({"model": alias, "precision": requested.strip(), "ran_in": chosen,
+                             "channels_last": channels_last, "dim": int(out.shape[-1]), "params_m": round(params, 1),
+                             "img_per_s": round(img_s, 2), "min_cos_to_fp32": None if cos is None else round(cos, 6),
+                             "device": args.device, "threads": torch.get_num_threads(), "batch": args.batch})
+                print(f"{alias:36} {requested.strip():5}={chosen:4} {'channels_last' if channels_last else '':13} "
+                      f"d={rows[-1]['dim']:5} {params:7.1f} M params {img_s:8.2f} img/s"
+                      + (f"  min cos to fp32 {cos:.5f}" if cos is not None else ""), flush=True)
         del model
     print(json.dumps(rows))
 

@@ -32,6 +32,9 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[name] = str(folder)
     os.environ.pop("SEARCHLITE_MODEL", None)
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # any Ray a test starts binds loopback only
+    # the suite compares against fp32 references: `auto` means fp32 here on every CPU, with or without
+    # native bf16 (tests/test_precision.py unsets this and exercises auto, bf16 and the fallback)
+    os.environ["SEARCHLITE_PRECISION"] = "fp32"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 
 from searchlite.catalog import Catalog, ImageRow, ModelRow, RunRow, VectorRow, join_path, utcnow
 from searchlite.errors import ImageDecodeError, LibraryError
@@ -141,6 +141,15 @@ def decode(work: Work, preprocessors: Sequence[Callable], sizes: Sequence[tuple[
     return Done(work, sha=sha, meta=loaded.metadata(), pixels=pixels, same_content=same)
 
 
+def record_precision(s, model_ref: int, precision: str, count: int) -> None:
+    """Add ``count`` vectors written in ``precision`` to the model's counts (``models.precision``,
+    JSON), inside the caller's transaction."""
+    stored = s.execute(select(ModelRow.precision).where(ModelRow.id == model_ref)).scalar()
+    counts = json.loads(stored) if stored else {}
+    counts[precision] = int(counts.get(precision, 0)) + int(count)
+    s.execute(update(ModelRow).where(ModelRow.id == model_ref).values(precision=json.dumps(counts, sort_keys=True)))
+
+
 class Indexer:
     """Runs one incremental index pass of some roots with some models."""
 
@@ -191,6 +200,7 @@ class Indexer:
     def _commit(self, batch: list[Done], writer: VectorWriter) -> None:
         """Embed what needs it, append the vectors (fsynced), then one catalog transaction."""
         staged: dict[int, list[tuple[int, int]]] = {}  # image id -> [(model ref, store row)]
+        made: dict[int, tuple[str, int]] = {}  # model ref -> (precision, vectors written)
         for i, emb in enumerate(self.embedders):
             members = [d for d in batch if d.pixels and i in d.pixels]
             vectors = [emb.embed_pixels(np.stack([d.pixels[i] for d in members]))] if members else []
@@ -201,10 +211,14 @@ class Indexer:
                 rows = writer.append(self.models[i].id, np.concatenate(vectors))
                 for d, row in zip(members, rows):
                     staged.setdefault(d.work.image_id, []).append((self.models[i].id, row))
+                # Ray vectors: the precision this process resolved for the same request (same policy)
+                made[self.models[i].id] = (getattr(emb, "precision", "fp32"), len(members))
         now = utcnow()
         with writer.transaction() as s:
             for d in batch:
                 self._apply(s, d, staged.get(d.work.image_id, []), now)
+            for model_ref, (precision, count) in made.items():
+                record_precision(s, model_ref, precision, count)
 
     def _apply(self, s, d: Done, vectors: list[tuple[int, int]], now) -> None:
         row = s.get(ImageRow, d.work.image_id)

@@ -110,14 +110,16 @@ def _cpu_threads(ray: Any, workers: int) -> int:
 class EmbedActor:
     """Ray Data model stage: one actor holds the models (on its GPU, or the CPU) and embeds batches."""
 
-    def __init__(self, specs: Sequence[str], device: str, batch_size: int, threads: int = 0) -> None:
+    def __init__(self, specs: Sequence[str], device: str, batch_size: int, threads: int = 0,
+                 precision: str = "auto") -> None:
         from searchlite.models.registry import load_embedder
 
         if device == "cpu" and threads:
             import torch
 
             torch.set_num_threads(threads)  # Ray pins a 1-CPU actor to one thread; a CPU model wants the node's cores
-        self.embedders = [load_embedder(spec, device=device, batch_size=batch_size) for spec in specs]
+        self.embedders = [load_embedder(spec, device=device, batch_size=batch_size, precision=precision)
+                          for spec in specs]
         import ray
 
         self.node = ray.get_runtime_context().get_node_id()  # an actor stays on its node
@@ -141,7 +143,7 @@ class RayIndexer(Indexer):
     """The Indexer with decoding and embedding on Ray (see the module docstring)."""
 
     def __init__(self, *args: Any, specs: Sequence[str], address: str | None = None, gpus_per_worker: float = 1.0,
-                 ray_workers: int | None = None, shards: Path | None = None, device: str = "auto",
+                 ray_workers: int | None = None, shards: Path | None = None, device: str = "auto", precision: str = "auto",
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.specs = list(specs)
@@ -151,6 +153,7 @@ class RayIndexer(Indexer):
         self.keep_shards = shards is not None
         self.shards = Path(shards) if shards else self.catalog.folder / "shards" / "ray"
         self.device = device
+        self.precision = precision
 
     # -- shards --------------------------------------------------------------------------------
     def _before_scan(self, writer: VectorWriter) -> None:
@@ -257,7 +260,7 @@ class RayIndexer(Indexer):
                                self._vanished, self.draft)
         ds = ds.map_batches(decode_fn, batch_size=16, num_cpus=1, max_retries=3)
         threads = 0 if device == "cuda" else _cpu_threads(ray, workers)
-        ds = ds.map_batches(EmbedActor, fn_constructor_args=(self.specs, device, self.batch_size, threads),
+        ds = ds.map_batches(EmbedActor, fn_constructor_args=(self.specs, device, self.batch_size, threads, self.precision),
                             batch_size=self.batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
                             max_restarts=3, max_task_retries=3, **resources)
         done, start, decode_s, embed_s, nodes = 0, time.perf_counter(), 0.0, 0.0, set()

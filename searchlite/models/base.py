@@ -113,7 +113,9 @@ class TorchEmbedder:
     preprocess_config: dict[str, Any]
     device: str = "cpu"
     batch_size: int = 32
-    precision: str = "auto"
+    precision: str = "auto"  # after searchlite.models.precision.configure: fp32 | bf16 | fp16
+    precision_note: str = ""  # why this precision (validation figures, or why it fell back to fp32)
+    precision_check: dict[str, Any] = field(default_factory=dict, repr=False)
     _dim: int | None = field(default=None, repr=False)
 
     # -- hooks -----------------------------------------------------------------------------
@@ -134,17 +136,11 @@ class TorchEmbedder:
         return self._dim
 
     def _autocast(self):
-        """fp16/bf16 autocast on CUDA (bf16 where supported); a no-op on CPU for exact parity."""
-        import contextlib
+        """bf16/fp16 autocast for a reduced precision (see :mod:`searchlite.models.precision`);
+        a no-op in fp32, the exact fp32 path."""
+        from searchlite.models.precision import autocast
 
-        import torch
-
-        if self.device.startswith("cuda") and self.precision != "fp32":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            if self.precision == "fp16":
-                dtype = torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.precision)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         import torch

@@ -198,7 +198,10 @@ def export_text_tower(embedder: Any, folder: Path) -> dict:
             _optimise(tmp / "raw.onnx", tmp / "text.onnx")
             (tmp / "raw.onnx").unlink()
             light = OnnxTextEncoder(tmp, {**meta, "valid": True}).embed_texts(PROBES)
-            reference = embedder.embed_texts(PROBES)
+            from searchlite.models.precision import full_precision
+
+            with full_precision(embedder):  # the export is fp32: check it against torch's fp32
+                reference = embedder.embed_texts(PROBES)
             max_abs = float(np.abs(light - reference).max())
             min_cos = float((light * reference).sum(axis=1).min())
             meta.update(max_abs_diff=max_abs, min_cosine=min_cos, valid=max_abs <= MAX_ABS and min_cos >= MIN_COS)

@@ -40,7 +40,7 @@ def _hf_reference(folder: Path, images: list[Image.Image], texts: list[str], fam
 @pytest.mark.parametrize("family", ["siglip", "siglip_mask", "clip", "align"])
 def test_hf_parity_with_model_and_processor(family, request, sample_images):
     folder = request.getfixturevalue(f"hf_{family}")
-    emb = load_embedder(f"hf:{folder}", device="cpu")
+    emb = load_embedder(f"hf:{folder}", device="cpu", precision="fp32")
     family = family.split("_")[0]
     assert emb.family == family
 
@@ -68,7 +68,7 @@ def test_hf_parity_with_zero_shot_pipeline(family, request, sample_images):
 
     folder = request.getfixturevalue(f"hf_{family}")
     family = family.split("_")[0]
-    emb = load_embedder(f"hf:{folder}", device="cpu")
+    emb = load_embedder(f"hf:{folder}", device="cpu", precision="fp32")
     labels = ["cat", "dog", "red car"]
     template = emb.template
     pipe = pipeline("zero-shot-image-classification", model=str(folder),
@@ -92,7 +92,7 @@ def test_openclip_parity(family, request, sample_images):
     import open_clip
 
     folder = request.getfixturevalue(f"oc_{family}")
-    emb = load_embedder(f"openclip:{folder}", device="cpu")
+    emb = load_embedder(f"openclip:{folder}", device="cpu", precision="fp32")
     assert emb.family == family
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
@@ -116,7 +116,7 @@ def test_openclip_parity(family, request, sample_images):
 def test_siglip_padding_matters(hf_siglip):
     """Guard for the parity test's sensitivity: SigLIP pools the last position, so padding changes
     the embedding. If searchlite padded differently, the parity test above would fail."""
-    emb = load_embedder(f"hf:{hf_siglip}", device="cpu")
+    emb = load_embedder(f"hf:{hf_siglip}", device="cpu", precision="fp32")
     padded = emb.embed_texts(["a photo of a cat"])
     enc = emb.tokenizer(["a photo of a cat"], return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -129,12 +129,12 @@ def test_score_params_match_checkpoint(hf_siglip, hf_clip, hf_align):
     from transformers import AutoModel
 
     sig = AutoModel.from_pretrained(hf_siglip)
-    s = load_embedder(f"hf:{hf_siglip}", device="cpu").score
+    s = load_embedder(f"hf:{hf_siglip}", device="cpu", precision="fp32").score
     assert s.scale == pytest.approx(sig.logit_scale.exp().item()) and s.bias == pytest.approx(sig.logit_bias.item())
     clip = AutoModel.from_pretrained(hf_clip)
-    assert load_embedder(f"hf:{hf_clip}", device="cpu").score.scale == pytest.approx(clip.logit_scale.exp().item())
+    assert load_embedder(f"hf:{hf_clip}", device="cpu", precision="fp32").score.scale == pytest.approx(clip.logit_scale.exp().item())
     align = AutoModel.from_pretrained(hf_align)
-    assert load_embedder(f"hf:{hf_align}", device="cpu").score.scale == pytest.approx(1 / align.temperature.item())
+    assert load_embedder(f"hf:{hf_align}", device="cpu", precision="fp32").score.scale == pytest.approx(1 / align.temperature.item())
 
 
 def test_both_kinds_of_siglip_tokenizer_are_covered(hf_siglip, hf_siglip_mask):
@@ -144,7 +144,7 @@ def test_both_kinds_of_siglip_tokenizer_are_covered(hf_siglip, hf_siglip_mask):
 
     assert "attention_mask" not in AutoTokenizer.from_pretrained(hf_siglip)(["a cat"])
     assert "attention_mask" in AutoTokenizer.from_pretrained(hf_siglip_mask)(["a cat"])
-    emb = load_embedder(f"hf:{hf_siglip_mask}", device="cpu")
+    emb = load_embedder(f"hf:{hf_siglip_mask}", device="cpu", precision="fp32")
     enc = emb.tokenizer(["a photo of a cat"], return_tensors="pt", padding="max_length", max_length=64)
     with torch.no_grad():
         unmasked = emb.model.get_text_features(input_ids=enc["input_ids"]).pooler_output

@@ -10,6 +10,7 @@ another image. The catalog knows nothing of models beyond the fields it stores.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -325,11 +326,21 @@ class Catalog:
             return s.get(ModelRow, model_ref)
 
     # -- vectors mapping --------------------------------------------------------------------------
-    def rows_of(self, model_ref: int, image_ids: Iterable[int]) -> dict[int, int]:
+    @contextlib.contextmanager
+    def reading(self, session: Session | None = None) -> Iterator[Session]:
+        """``session`` itself (a caller's read transaction: one consistent view across calls), or a
+        fresh session closed on exit."""
+        if session is not None:
+            yield session
+            return
+        with self.Session() as s:
+            yield s
+
+    def rows_of(self, model_ref: int, image_ids: Iterable[int], session: Session | None = None) -> dict[int, int]:
         """image id -> store row for the images that have a vector under the model."""
         ids = [int(i) for i in image_ids]
         out: dict[int, int] = {}
-        with self.Session() as s:
+        with self.reading(session) as s:
             for start in range(0, len(ids), 900):
                 out.update(s.execute(select(VectorRow.image_id, VectorRow.store_row).where(
                     VectorRow.model_ref == model_ref, VectorRow.image_id.in_(ids[start:start + 900]))).tuples().all())
@@ -357,9 +368,9 @@ class Catalog:
             return int(s.scalar(select(func.count()).select_from(VectorRow).where(
                 VectorRow.model_ref == model_ref, VectorRow.store_row >= lo, VectorRow.store_row < hi)))
 
-    def snapshot(self, model_ref: int) -> Snapshot:
+    def snapshot(self, model_ref: int, session: Session | None = None) -> Snapshot:
         """Store size, segments and tombstones of a model, read in one transaction."""
-        with self.Session() as s:
+        with self.reading(session) as s:
             model = s.get(ModelRow, model_ref)
             segments = tuple(s.scalars(select(SegmentRow).where(SegmentRow.model_ref == model_ref)
                                        .order_by(SegmentRow.row_lo)))
@@ -370,9 +381,9 @@ class Catalog:
                 s.expunge(seg)
             return Snapshot(model.store_rows, segments, dead, live)
 
-    def version(self, model_ref: int) -> tuple:
+    def version(self, model_ref: int, session: Session | None = None) -> tuple:
         """A cheap fingerprint of everything a snapshot depends on (store size, segments, tombstones)."""
-        with self.Session() as s:
+        with self.reading(session) as s:
             return tuple(s.execute(select(
                 select(ModelRow.store_rows).where(ModelRow.id == model_ref).scalar_subquery(),
                 select(func.max(SegmentRow.id)).where(SegmentRow.model_ref == model_ref).scalar_subquery(),
@@ -380,14 +391,14 @@ class Catalog:
                 select(func.max(Tombstone.id)).where(Tombstone.model_ref == model_ref).scalar_subquery(),
             )).one())
 
-    def results_for_rows(self, model_ref: int, rows: Iterable[int]) -> dict[int, Any]:
+    def results_for_rows(self, model_ref: int, rows: Iterable[int], session: Session | None = None) -> dict[int, Any]:
         """store row -> light image row (with ``root_path``) for rows that still map to an image."""
         rows = [int(r) for r in rows if r >= 0]
         cols = [VectorRow.store_row, ImageRow.id, ImageRow.relpath, ImageRow.width, ImageRow.height,
                 ImageRow.format, ImageRow.taken_at, ImageRow.taken_offset, ImageRow.taken_source, ImageRow.size,
                 ImageRow.companion, Root.path.label("root_path")]
         out: dict[int, Any] = {}
-        with self.Session() as s:
+        with self.reading(session) as s:
             for start in range(0, len(rows), 900):
                 query = (select(*cols).join(ImageRow, ImageRow.id == VectorRow.image_id)
                          .join(Root, Root.id == ImageRow.root_id)

@@ -9,13 +9,15 @@ stored per model; until then a documented fallback (:data:`FALLBACK_CENTER`).
 from __future__ import annotations
 
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from searchlite.catalog import Catalog, ImageRow, ModelRow, Root, VectorRow, join_path
 from searchlite.errors import QueryError
@@ -40,6 +42,25 @@ def calibration(model: ModelRow) -> tuple[float, float]:
 
 def sigmoid(x: np.ndarray | float) -> np.ndarray | float:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def parse_date(value: str, end: bool = False, name: str = "date") -> datetime:
+    """A filter date, the same for the CLI, the socket server, the HTTP API and the page: an ISO
+    date-time as given, or a date alone meaning that whole day: its first instant, or with
+    ``end`` (``before``) its last one, 23:59:59.999999, so ``before <= it`` is exactly ``before the
+    next day 00:00`` (capture times are stored to the microsecond). Bad input is a QueryError."""
+    value = value.strip()
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        day = None
+    if day is not None:
+        first = datetime.combine(day, time())
+        return first + timedelta(days=1) - timedelta(microseconds=1) if end else first
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise QueryError(f"{name} must be a date (YYYY-MM-DD, or YYYY-MM-DDTHH:MM[:SS]), got {value!r}") from exc
 
 
 def check_template(template: str | None) -> str | None:
@@ -92,10 +113,7 @@ class Filters:
 
         def when(key: str) -> datetime | None:
             value = text(key)
-            try:
-                return datetime.fromisoformat(value) if value else None
-            except ValueError as exc:
-                raise QueryError(f"filter {key} must be a date (YYYY-MM-DD[THH:MM[:SS]]), got {value!r}") from exc
+            return parse_date(value, end=key == "before", name=f"filter {key}") if value else None
 
         def size(key: str) -> int | None:
             value = data.get(key)
@@ -178,61 +196,106 @@ class SearchResult:
         return d
 
 
-def allowed_rows(catalog: Catalog, model: ModelRow, filters: Filters) -> np.ndarray:
-    """The sorted store rows of the live images that pass the filters (exact, from SQL).
+def allowed_rows(catalog: Catalog, model: ModelRow, filters: Filters, session: Session | None = None,
+                 store_rows: int | None = None) -> np.ndarray:
+    """The sorted store rows of the live images that pass the filters (exact, from SQL), read in
+    ``session`` (a search's read transaction, so they match its index snapshot) and, given
+    ``store_rows``, only rows below it (the snapshot's committed rows).
 
     The rows come back as one ``group_concat`` string parsed by numpy rather than one Python row
     each: 10k matching images at 1M, 12 ms instead of 20. A match so large that the string passes
     SQLite's length limit (about 100M rows) is read row by row instead."""
     conditions = filters.conditions(catalog)
+    if store_rows is not None:
+        conditions.append(VectorRow.store_row < store_rows)
 
     def matching(column):  # noqa: ANN001, ANN202 - a SQLAlchemy select over the filter's images
         return (select(column).join(ImageRow, ImageRow.id == VectorRow.image_id)
                 .join(Root, Root.id == ImageRow.root_id).where(VectorRow.model_ref == model.id, *conditions))
 
-    with catalog.engine.connect() as conn:
+    with catalog.reading(session) as s:
         try:
-            text = conn.execute(matching(func.group_concat(VectorRow.store_row))).scalar()
+            with s.begin_nested():  # a savepoint: a failure leaves the read transaction usable
+                text = s.execute(matching(func.group_concat(VectorRow.store_row))).scalar()
             rows = np.array(text.split(","), dtype=np.int64) if text else np.zeros(0, np.int64)
         except DBAPIError as exc:  # sqlite3.DataError: string or blob too big
             if "too big" not in str(exc):
                 raise
-            conn.rollback()
-            rows = np.fromiter(conn.execute(matching(VectorRow.store_row)).scalars(), dtype=np.int64)
+            rows = np.fromiter(s.execute(matching(VectorRow.store_row)).scalars(), dtype=np.int64)
     return np.sort(rows)
+
+
+#: Rows per candidate window of an approximate index (see :func:`search_vectors`).
+WINDOW = 100
+#: ``sort="date"`` orders this many results of the relevance ranking (those passing min_prob).
+DATE_POOL = 1000
+
+
+def _windows(index: ModelIndex, query: np.ndarray, allowed: np.ndarray | None, exclude: np.ndarray | None,
+             want: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The relevance ranking of one query as (scores, rows) pieces, independent of the page asked
+    for. An exact search (flat index, or a filter scored exactly) ranks by (score, row): its top
+    ``want`` is the ranking's first ``want`` rows. An approximate one (HNSW, IVF, IVF-PQ) yields
+    fixed windows: window j is the top-WINDOW search leaving out (FAISS IDSelector) the original
+    exclusions and every row of windows 0..j-1, so windows never overlap and never depend on k or
+    offset; the ranking ends at the first empty window."""
+    if index.is_exact(allowed):
+        yield index.search(query, want, allowed, exclude)
+        return
+    seen = exclude if exclude is not None else np.zeros(0, np.int64)
+    while True:
+        scores, rows = index.search(query, WINDOW, allowed, seen)
+        if not len(rows):
+            return
+        yield scores, rows
+        seen = np.union1d(seen, rows)
 
 
 def search_vectors(catalog: Catalog, model: ModelRow, index: ModelIndex, query: np.ndarray, k: int,
                    filters: Filters | None = None, exclude_images: set[int] | None = None,
                    min_prob: float | None = None, sort: str = "relevance", offset: int = 0) -> list[SearchResult]:
-    """Top-k results (after ``offset``) for one query vector: filters and deletions are applied
-    inside the search, so every result that exists is found, whatever the filter's selectivity."""
+    """Results [offset, offset+k) of one ranking of the query vector: filters and deletions are
+    applied inside the search, so every result that exists is found, whatever the filter's
+    selectivity.
+
+    Everything is read from one snapshot (:meth:`ModelIndex.reading`): the filter's rows, the
+    vectors and the result rows, even while an index run commits. The ranking does not depend on
+    k or offset (see :func:`_windows`), so consecutive pages never repeat or skip an image. The
+    result set is the ranking's results with probability >= ``min_prob``; ``sort="date"`` orders
+    its first DATE_POOL results (the most relevant ones) by capture time, then pages through them."""
     if sort not in SORTS:
         raise QueryError(f"unknown sort {sort!r}; choose one of {', '.join(SORTS)}")
     filters = filters or Filters()
-    allowed = allowed_rows(catalog, model, filters) if filters.active() else None
-    exclude = np.array(sorted(catalog.rows_of(model.id, exclude_images).values()), dtype=np.int64) \
-        if exclude_images else None
-    scores, rows = index.search(np.asarray(query, dtype=np.float32), k + offset, allowed, exclude)
-    joined = catalog.results_for_rows(model.id, rows)
+    q = np.asarray(query, dtype=np.float32)
+    want = DATE_POOL if sort == "date" else offset + k
     a, b = calibration(model)
-    results = []
-    for cos, row in zip(scores.tolist(), rows.tolist()):
-        hit = joined.get(row)
-        if hit is None:
-            continue  # deleted after the snapshot was taken
-        prob = float(sigmoid(a * cos + b))
-        if min_prob is not None and prob < min_prob:
-            if a > 0:
-                break  # ranked by cosine: everything after scores lower
-            continue
-        extra = {"raw": join_path(hit.root_path, hit.companion)} if hit.companion else {}
-        results.append(SearchResult(0, join_path(hit.root_path, hit.relpath), float(cos),
-                                    float(model.scale * cos + model.bias), prob, hit.id, hit.width, hit.height,
-                                    format_taken(hit.taken_at, hit.taken_offset), extra, hit.taken_at))
-    results = results[offset:]
+    results: list[SearchResult] = []
+    with index.reading() as session:
+        allowed = allowed_rows(catalog, model, filters, session, index.store.committed) if filters.active() else None
+        exclude = np.array(sorted(catalog.rows_of(model.id, exclude_images, session).values()), dtype=np.int64) \
+            if exclude_images else None
+        for scores, rows in _windows(index, q, allowed, exclude, want):
+            joined = catalog.results_for_rows(model.id, rows, session)
+            below = False
+            for cos, row in zip(scores.tolist(), rows.tolist()):
+                hit = joined.get(row)
+                if hit is None:
+                    continue  # not a live image of this snapshot
+                prob = float(sigmoid(a * cos + b))
+                if min_prob is not None and prob < min_prob:
+                    below = True
+                    continue
+                extra = {"raw": join_path(hit.root_path, hit.companion)} if hit.companion else {}
+                results.append(SearchResult(0, join_path(hit.root_path, hit.relpath), float(cos),
+                                            float(model.scale * cos + model.bias), prob, hit.id, hit.width,
+                                            hit.height, format_taken(hit.taken_at, hit.taken_offset), extra,
+                                            hit.taken_at))
+            if len(results) >= want or (below and a > 0):
+                break  # enough, or ranked by cosine and the probability fell below min_prob
+    results = results[:want]
     if sort == "date":
         results.sort(key=lambda r: (r.sort_time or datetime.min, r.path))
+    results = results[offset:offset + k]
     for rank, r in enumerate(results, 1 + offset):
         r.rank = rank
     return results

@@ -13,11 +13,14 @@ exactly from the store, a large one becomes an ``IDSelectorBitmap`` inside the A
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.orm import Session
 
 from searchlite.catalog import Catalog, SegmentRow, Snapshot
 from searchlite.errors import LibraryError
@@ -66,23 +69,37 @@ class ModelIndex:
 
     def refresh(self) -> ModelIndex:
         """Load what changed since the last call (new segments, tombstones, committed rows)."""
-        for _ in range(10):
-            version = self.catalog.version(self.model_ref)
-            if version == self.version:
-                return self
-            snap = self.catalog.snapshot(self.model_ref)
-            try:
-                segments = [(seg, self._segment(seg)) for seg in snap.segments]
-            except FileNotFoundError:
-                continue  # a compaction replaced a file between our catalog read and open: read again
-            self.snap, self.segments, self.version = snap, segments, version
-            self._open = {seg.name: index for seg, index in segments}
-            self._dead_selectors = {}
-            if snap.store_rows < self.store.committed:
-                self.store = VectorStore(self.folder, self.dim, snap.store_rows)  # store was compacted
-            self.store.committed = snap.store_rows
+        with self.reading():
             return self
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Session]:
+        """One catalog read transaction in which this index is exactly the catalog's state: the
+        index is caught up inside it, and whatever a search reads from SQL in it (the filter's
+        rows, exclusions, the result rows) belongs to the same snapshot as the vectors searched,
+        however an index run commits meanwhile (SQLite WAL: a reader keeps its snapshot)."""
+        for _ in range(10):
+            with self.catalog.Session() as s:
+                try:
+                    self._catch_up(s)
+                except FileNotFoundError:
+                    continue  # a compaction replaced a file between our catalog read and open: read again
+                yield s
+                return
         raise LibraryError("the index keeps changing under this reader; try again")
+
+    def _catch_up(self, s: Session) -> None:
+        version = self.catalog.version(self.model_ref, s)
+        if version == self.version:
+            return
+        snap = self.catalog.snapshot(self.model_ref, s)
+        segments = [(seg, self._segment(seg)) for seg in snap.segments]
+        self.snap, self.segments, self.version = snap, segments, version
+        self._open = {seg.name: index for seg, index in segments}
+        self._dead_selectors = {}
+        if snap.store_rows < self.store.committed:
+            self.store = VectorStore(self.folder, self.dim, snap.store_rows)  # store was compacted
+        self.store.committed = snap.store_rows
 
     def _segment(self, seg: SegmentRow) -> VectorIndex:
         index = self._open.get(seg.name)
@@ -108,6 +125,14 @@ class ModelIndex:
         return main + (f" + {deltas} delta{'s' * (deltas != 1)}" if deltas else "") + (f" + {tail} exact" if tail else "")
 
     # -- search ----------------------------------------------------------------------------------
+    def is_exact(self, allowed: np.ndarray | None = None) -> bool:
+        """Whether :meth:`search` with this filter is exact (every score computed, ranked by
+        (score desc, row asc)): a filter small enough to be scored exactly, or no segment other
+        than flat ones in front of the exact tail."""
+        if allowed is not None and len(allowed) <= EXACT_FILTER_MAX:
+            return True
+        return all(seg.kind == "flat" and not rescored(seg.factory) for seg, _ in self.segments)
+
     def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None,
                exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, rows) for one query vector. ``allowed``: sorted live rows a filter

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from searchlite.errors import SearchliteError
+from searchlite import SearchliteError
 
 
 def parse_bind(value: str) -> tuple[str, int]:

@@ -36,8 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from searchlite.errors import QueryError, SearchliteError
-from searchlite.query import Filters, SearchResult
+from searchlite import Filters, QueryError, SearchliteError, SearchResult
 from searchlite.thumbnails import NotServable, servable_path, thumbnail
 from searchlite.web import HostCheck
 

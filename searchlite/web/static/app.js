@@ -19,7 +19,7 @@ function filterParams() {
   const p = new URLSearchParams();
   if ($("folder").value.trim()) p.set("folder", $("folder").value.trim());
   if ($("after").value) p.set("after", $("after").value);
-  if ($("before").value) p.set("before", $("before").value + "T23:59:59");
+  if ($("before").value) p.set("before", $("before").value);  // a date alone: the whole day (server side)
   if ($("min-prob").value) p.set("min_prob", $("min-prob").value);
   if (state.model) p.set("model", state.model);
   return p;

@@ -89,10 +89,10 @@ def calibrate(library, dataset, spec: str, target=None, negatives: int = 10, tem
               "before": {"ece": expected_calibration_error(before, labels), "brier": brier(before, labels),
                          "a": a0, "b": b0},
               "after": {"ece": expected_calibration_error(after, labels), "brier": brier(after, labels)}}
-    if row.family == "siglip":
-        report["note"] = "SigLIP uses its own logit scale and bias; the fit is reported, not applied"
+    if row.probability == "sigmoid":
+        report["note"] = "a sigmoid-trained model (SigLIP) uses its own logit scale and bias; the fit is reported, not applied"
     fitted = {"calib_report": json.dumps(report)}
-    if row.family != "siglip":
+    if row.probability != "sigmoid":
         fitted.update(calib_a=a, calib_b=b)
     for lib in {id(library): library, id(target): target}.values():
         if lib is not None:

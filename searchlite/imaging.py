@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from searchlite.errors import ImageDecodeError
+from searchlite.errors import ImageDecodeError, QueryError
 from searchlite.rawphoto import RAW_EXTENSIONS, decode_raw
 
 HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})
@@ -46,6 +47,58 @@ _DATE_TAGS = (
 )
 _MAKE, _MODEL = 271, 272
 _PIL_LIMIT = threading.Lock()
+
+#: Stored format name -> the names a filter accepts for it (case-insensitive). Pillow names most
+#: formats; a multi-picture JPEG (camera MPF data, Pillow's "MPO") is stored as JPEG, and a camera
+#: RAW is stored as its extension (upper case). ``raw`` selects every RAW format.
+FORMATS: dict[str, tuple[str, ...]] = {
+    "JPEG": ("jpeg", "jpg", "jpe", "jfif", "mpo"),
+    "PNG": ("png", "apng"),
+    "GIF": ("gif",),
+    "BMP": ("bmp",),
+    "DIB": ("dib",),
+    "WEBP": ("webp",),
+    "TIFF": ("tiff", "tif"),
+    "PPM": ("ppm", "pgm", "pbm", "pnm"),
+    "TGA": ("tga",),
+    "ICO": ("ico",),
+    "PCX": ("pcx",),
+    "SGI": ("sgi",),
+    "JPEG2000": ("jpeg2000", "jp2", "j2k"),
+    "AVIF": ("avif",),
+    "HEIF": ("heif", "heic", "hif"),
+    **{ext.lstrip(".").upper(): (ext.lstrip("."),) for ext in sorted(RAW_EXTENSIONS)},
+}
+#: What a stored format name may also be in a catalog written before it was normalised.
+_STORED_AS = {"JPEG": ("JPEG", "MPO"), "BMP": ("BMP", "DIB")}
+
+
+def stored_format(pillow_format: str) -> str:
+    """The catalog's name for a format Pillow reports (MPO, a JPEG with MPF data, is JPEG)."""
+    return "JPEG" if pillow_format == "MPO" else pillow_format
+
+
+def format_names(names: Iterable[str]) -> list[str]:
+    """The catalog format values a ``--format`` list selects (aliases, any case; ``raw`` = every
+    RAW format). An unknown name is a :class:`QueryError` listing the known ones."""
+    lookup = {alias: fmt for fmt, aliases in FORMATS.items() for alias in (fmt.lower(), *aliases)}
+    raws = [ext.lstrip(".").upper() for ext in sorted(RAW_EXTENSIONS)]
+    out: list[str] = []
+    for name in names:
+        key = str(name).strip().lower().lstrip(".")
+        if key == "raw":  # every RAW format (a ".raw" file is stored as RAW too)
+            chosen = raws
+        elif key in lookup:
+            chosen = [lookup[key]]
+        else:
+            known = ", ".join(f for f in FORMATS if f not in raws)
+            raise QueryError(f"unknown image format {name!r}; known: {known}, RAW (or a RAW extension: "
+                             f"{', '.join(r.lower() for r in raws[:6])}...)")
+        for fmt in chosen:
+            for stored in _STORED_AS.get(fmt, (fmt,)):
+                if stored not in out:
+                    out.append(stored)
+    return out
 
 
 @dataclass
@@ -188,7 +241,7 @@ def load_image(source: str | Path | bytes, target_size: tuple[int, int] | None =
             return _load_raw(source, target_size, max_pixels, mtime_ns, suffix)
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
         with _open(fp) as img:
-            fmt = img.format or "?"
+            fmt = stored_format(img.format or "?")
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageDecodeError(f"image too large: {width}x{height} is over searchlite's limit of "
@@ -196,7 +249,9 @@ def load_image(source: str | Path | bytes, target_size: tuple[int, int] | None =
             exif = img.getexif()
             taken, offset, source_name, camera = exif_meta(exif)
             if draft and target_size and fmt == "JPEG":
-                side = max(target_size)
+                # a callable target (NaFlex keeps the aspect ratio) depends on the image's own size
+                wanted = target_size(width, height) if callable(target_size) else target_size
+                side = max(wanted)
                 img.draft("RGB", (side, side))
             img.load()
             orientation = exif.get(_ORIENTATION, 1)

@@ -15,13 +15,13 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from searchlite.catalog import Catalog, ImageRow, ModelRow, Root, VectorRow, join_path
 from searchlite.errors import QueryError
-from searchlite.imaging import format_taken
+from searchlite.imaging import format_names, format_taken
 from searchlite.store import ModelIndex
 
 #: Uncalibrated CLIP/ALIGN fallback: probability 0.5 at this cosine, slope = the model's logit scale.
@@ -31,13 +31,22 @@ SORTS = ("relevance", "date")
 
 
 def calibration(model: ModelRow) -> tuple[float, float]:
-    """The (a, b) of ``sigmoid(a*cos + b)`` for a model."""
-    if model.family == "siglip":
+    """The (a, b) of ``sigmoid(a*cos + b)`` for a model: its own scale and bias for models trained
+    with a sigmoid loss (the row's ``probability`` rule), else a fitted Platt calibration, else the
+    zoo family's documented fallback centre."""
+    if model.probability == "sigmoid":
         return model.scale, model.bias
     if model.calib_a is not None and model.calib_b is not None:
         return model.calib_a, model.calib_b
-    center = FALLBACK_CENTER.get(model.family, 0.25)
-    return model.scale, -model.scale * center
+    return model.scale, -model.scale * fallback_center(model.family)
+
+
+def fallback_center(family: str) -> float:
+    """The cosine at which an uncalibrated Platt model's probability is 0.5 (zoo family data)."""
+    from searchlite.models.zoo import family as zoo_family
+
+    known = zoo_family(family)
+    return known.center if known is not None else FALLBACK_CENTER.get(family, 0.25)
 
 
 def sigmoid(x: np.ndarray | float) -> np.ndarray | float:
@@ -150,22 +159,13 @@ class Filters:
             conds.append(ImageRow.width >= self.min_width)
         if self.min_height:
             conds.append(ImageRow.height >= self.min_height)
-        if self.formats:
-            conds.append(ImageRow.format.in_([f.upper() for f in self.formats]))
+        if self.formats:  # aliases, any case (jpg, MPO -> JPEG; tif; heic...); unknown: QueryError
+            conds.append(ImageRow.format.in_(format_names(self.formats)))
         return conds
 
     def _folder_condition(self, catalog: Catalog):
-        folder = str(Path(self.folder).expanduser().resolve())
-        inside = [rid for rid, path in catalog.roots().items()
-                  if path == folder or path.startswith(folder.rstrip("/") + "/")]
-        located = catalog.locate(folder + "/x")
-        parts = [ImageRow.root_id.in_(inside)] if inside else []
-        if located is not None and located[0] not in inside:
-            prefix = located[1][:-1]  # 'sub/dir/' (relpath of 'x' minus the 'x')
-            # a range on (root_id, relpath) uses the catalog's unique index
-            parts.append(and_(ImageRow.root_id == located[0], ImageRow.relpath >= prefix,
-                              ImageRow.relpath < prefix[:-1] + "0"))
-        return or_(*parts) if parts else ImageRow.id < 0
+        """Inside the folder as given, or as resolved: the one rule of ``Catalog.locate_all``."""
+        return catalog.folder_condition(self.folder)
 
 
 @dataclass

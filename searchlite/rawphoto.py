@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from datetime import datetime
+from typing import Any
 
 from PIL import Image
 
@@ -30,7 +31,7 @@ def _rawpy():
     return rawpy
 
 
-def decode_raw(data: bytes, target_size: tuple[int, int] | None, max_pixels: int,
+def decode_raw(data: bytes, target_size: Any, max_pixels: int,
                ) -> tuple[Image.Image, int, int, datetime | None]:
     """(upright RGB image, width, height of the full photo as shown, LibRaw's capture time)."""
     rawpy = _rawpy()
@@ -44,6 +45,8 @@ def decode_raw(data: bytes, target_size: tuple[int, int] | None, max_pixels: int
             raise ImageDecodeError(f"image too large: {sizes.raw_width}x{sizes.raw_height} is over searchlite's "
                                    f"limit of {max_pixels:,} pixels (decompression bomb guard)")
         width, height = (sizes.height, sizes.width) if sizes.flip in (5, 6) else (sizes.width, sizes.height)
+        if callable(target_size):  # a target that depends on the photo's size (NaFlex)
+            target_size = target_size(width, height)
         stamp = raw.other.timestamp if hasattr(raw, "other") else None
         taken = stamp if isinstance(stamp, datetime) and stamp.year > 1970 else None
         image = _preview(raw, rawpy, target_size, max_pixels)

@@ -130,7 +130,8 @@ def build_align(folder: Path, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + sorted(set(WORDS))
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizer(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    # transformers 5's BertTokenizer takes the vocabulary as ``vocab`` (``vocab_file`` is ignored)
+    tokenizer = BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=True)
     text = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                 intermediate_size=37, max_position_embeddings=64)
     vision = dict(image_size=32, num_channels=3, kernel_sizes=[3, 3, 5], in_channels=[32, 16, 24],
@@ -194,4 +195,139 @@ def build_openclip(folder: Path, family: str = "clip", seed: int = 0, image_size
                                                               "preprocess_cfg": preprocess_cfg}))
     model = open_clip.create_model(f"local-dir:{folder}", pretrained=None)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+# -- round 3: multilingual families (SigLIP 2 fixed-res and NaFlex, Chinese-CLIP, MetaCLIP 2) ---------
+#: A few Chinese and Japanese captions, so every tokenizer built here holds CJK pieces.
+CJK_SENTENCES = ["一只猫的照片", "海滩上的两只狗", "雪中的红色汽车", "日落时的大树", "猫の写真", "ビーチの犬",
+                 "雪の中の赤い車", "夕日と海", "东京の夜景"] * 20
+
+
+def _bpe_tables(vocab_size: int = 400) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-fallback BPE (Gemma style: spaces as '▁') trained on English + CJK captions."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="▁", behavior="merged_with_next")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size + len(specials), special_tokens=specials,
+                                  show_progress=False)
+    tok.train_from_iterator([" " + s for s in SENTENCES + CJK_SENTENCES + WORDS], trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return dict(model["vocab"]), merges
+
+
+def build_siglip2_naflex(folder: Path, seed: int = 0) -> Path:
+    """A tiny random Siglip2Model + Siglip2Processor (NaFlex), saved as hub checkpoints are. The
+    processor's call defaults (patch 16, at most 256 patches, text padded to 64) are what the reference
+    uses, so the tiny vision tower has patch 16 and 256 position embeddings (a 16 x 16 grid)."""
+    from transformers import Siglip2Config, Siglip2ImageProcessorPil, Siglip2Model, Siglip2Processor
+    from transformers.models.siglip2.tokenization_siglip2 import Siglip2Tokenizer
+
+    _seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = _bpe_tables()
+    tokenizer = Siglip2Tokenizer(vocab=vocab, merges=merges, model_max_length=64)
+    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=64, projection_size=32,
+                pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    vision = dict(num_patches=256, patch_size=16, hidden_size=32, intermediate_size=37,
+                  num_hidden_layers=2, num_attention_heads=4, num_channels=3)
+    model = Siglip2Model(Siglip2Config(text_config=text, vision_config=vision)).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(2.3)
+        model.logit_bias.fill_(-3.0)
+    processor = Siglip2Processor(image_processor=Siglip2ImageProcessorPil(patch_size=16, max_num_patches=256),
+                                 tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def build_siglip2_fixed(folder: Path, seed: int = 0, image_size: int = 30) -> Path:
+    """SigLIP 2 at a fixed resolution as Google ships it: a ``siglip`` SiglipModel with a Gemma tokenizer."""
+    from transformers import GemmaTokenizer, SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
+
+    _seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = _bpe_tables()
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=64)
+    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=64, projection_size=32,
+                pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    vision = dict(image_size=image_size, patch_size=2, hidden_size=32, intermediate_size=37,
+                  num_hidden_layers=2, num_attention_heads=4, num_channels=3)
+    model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(2.3)
+        model.logit_bias.fill_(-3.0)
+    processor = SiglipProcessor(image_processor=SiglipImageProcessorPil(size={"height": image_size, "width": image_size}),
+                                tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def build_chinese_clip(folder: Path, seed: int = 0, image_size: int = 30) -> Path:
+    """A tiny ChineseCLIPModel with a BERT-Chinese vocabulary (every CJK character of the captions)."""
+    from transformers import (
+        BertTokenizer,
+        ChineseCLIPConfig,
+        ChineseCLIPImageProcessorPil,
+        ChineseCLIPModel,
+        ChineseCLIPProcessor,
+    )
+
+    _seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = sorted({c for s in CJK_SENTENCES for c in s if not c.isspace()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "。"] + chars + sorted(set(WORDS))
+    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tokenizer = BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=True, model_max_length=52)
+    text = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=37, max_position_embeddings=64)
+    vision = dict(image_size=image_size, patch_size=2, hidden_size=32, intermediate_size=37,
+                  num_hidden_layers=2, num_attention_heads=4)
+    model = ChineseCLIPModel(ChineseCLIPConfig(text_config=text, vision_config=vision, projection_dim=24)).eval()
+    processor = ChineseCLIPProcessor(
+        image_processor=ChineseCLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                                     crop_size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def build_metaclip2(folder: Path, seed: int = 0, image_size: int = 30) -> Path:
+    """A tiny MetaClip2Model (CLIP towers, pooled at the first EOS) with an XLM-R-style unigram
+    tokenizer trained on English + CJK captions, and the CLIP image processor."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPImageProcessorPil, CLIPProcessor, MetaClip2Config, MetaClip2Model, XLMRobertaTokenizer
+
+    _seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    uni = Tokenizer(models.Unigram())
+    uni.normalizer = normalizers.NFKC()
+    uni.pre_tokenizer = pre_tokenizers.Metaspace()
+    uni.train_from_iterator(SENTENCES + CJK_SENTENCES + WORDS,
+                            trainers.UnigramTrainer(vocab_size=300, special_tokens=specials, unk_token="<unk>",
+                                                    show_progress=False))
+    pieces = [(p, float(s)) for p, s in json.loads(uni.to_str())["model"]["vocab"]] + [("<mask>", 0.0)]
+    tokenizer = XLMRobertaTokenizer(vocab=pieces, model_max_length=77)
+    ids = tokenizer.convert_tokens_to_ids
+    text = dict(vocab_size=len(pieces), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=77, bos_token_id=ids("<s>"),
+                eos_token_id=ids("</s>"), pad_token_id=ids("<pad>"))
+    vision = dict(image_size=image_size, patch_size=2, hidden_size=32, intermediate_size=37,
+                  num_hidden_layers=2, num_attention_heads=4)
+    model = MetaClip2Model(MetaClip2Config(text_config=text, vision_config=vision, projection_dim=24)).eval()
+    processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                                                    crop_size={"height": image_size, "width": image_size}),
+                              tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder

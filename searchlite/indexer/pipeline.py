@@ -42,7 +42,7 @@ from searchlite.indexer.scan import (
     walk_uri,
 )
 from searchlite.locking import library_lock
-from searchlite.models.base import Embedder
+from searchlite.models.base import DraftTarget, Embedder, InputSize, input_size_of, stack_inputs
 from searchlite.store import VectorWriter
 from searchlite.store.builder import SegmentBuilder
 
@@ -109,7 +109,7 @@ def read_source(path: str) -> bytes:
         return stream.read()
 
 
-def decode(work: Work, preprocessors: Sequence[Callable], sizes: Sequence[tuple[int, int]],
+def decode(work: Work, preprocessors: Sequence[Callable], sizes: Sequence[InputSize | tuple[int, int]],
            vanished: dict[str, int], draft: bool) -> Done:
     """Read once, hash, decode, preprocess for each model that needs it (any thread or process):
     a new file whose hash matches a vanished image is that image moved; a changed file with the
@@ -130,7 +130,7 @@ def decode(work: Work, preprocessors: Sequence[Callable], sizes: Sequence[tuple[
     if not needs:
         return Done(work, sha=sha, same_content=same)
     try:
-        target = (max(sizes[i][0] for i in needs), max(sizes[i][1] for i in needs))
+        target = DraftTarget(tuple(s if isinstance(s, InputSize) else InputSize(*s) for s in (sizes[i] for i in needs)))
         loaded = load_image(data, target_size=target, draft=draft, mtime_ns=work.mtime_ns,
                             suffix=os.path.splitext(work.path)[1])
         pixels = {i: preprocessors[i](loaded.image) for i in needs}
@@ -169,6 +169,7 @@ class Indexer:
         self.checkpoint_seconds = checkpoint_seconds
         self.stats = IndexStats()
         self._vanished: dict[str, int] = {}
+        self._claimed: set[int] = set()  # vanished image ids taken by a moved file this run
 
     # -- what needs work ---------------------------------------------------------------------------
     def _work_items(self, scan: ScanTable) -> Iterator[Work]:
@@ -191,19 +192,34 @@ class Indexer:
                            r.mtime_ns, missing)
             last_id = rows[-1].image_id
 
-    def _decode(self, work: Work) -> Done:
-        """Runs in a decode thread."""
-        return decode(work, [e.preprocess for e in self.embedders], [e.image_size for e in self.embedders],
-                      self._vanished, self.draft)
+    def _decode(self, work: Work, vanished: dict[str, int] | None = None) -> Done:
+        """Runs in a decode thread; whatever goes wrong is that file's error, never the run's."""
+        try:
+            return decode(work, [e.preprocess for e in self.embedders], [input_size_of(e) for e in self.embedders],
+                          self._vanished if vanished is None else vanished, self.draft)
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
+            return Done(work, error=f"cannot read: {type(exc).__name__}: {exc}")
+
+    def _claim(self, d: Done) -> Done:
+        """A vanished image is claimed by one moved file only. Decoding runs ahead, so a second new
+        file with the same content (a rename plus a copy) saw the same vanished id: it is decoded
+        again as the new image it is."""
+        if d.moved_from is None:
+            return d
+        if d.moved_from not in self._claimed:
+            self._claimed.add(d.moved_from)
+            return d
+        return self._decode(d.work, vanished={})
 
     # -- embed + commit ------------------------------------------------------------------------------
     def _commit(self, batch: list[Done], writer: VectorWriter) -> None:
         """Embed what needs it, append the vectors (fsynced), then one catalog transaction."""
+        batch = [self._claim(d) for d in batch]
         staged: dict[int, list[tuple[int, int]]] = {}  # image id -> [(model ref, store row)]
         made: dict[int, tuple[str, int]] = {}  # model ref -> (precision, vectors written)
         for i, emb in enumerate(self.embedders):
             members = [d for d in batch if d.pixels and i in d.pixels]
-            vectors = [emb.embed_pixels(np.stack([d.pixels[i] for d in members]))] if members else []
+            vectors = [emb.embed_pixels(stack_inputs([d.pixels[i] for d in members]))] if members else []
             ready = [d for d in batch if d.vectors and i in d.vectors]
             members += ready
             vectors += [np.stack([d.vectors[i] for d in ready])] if ready else []

@@ -25,6 +25,7 @@ from searchlite.errors import LibraryError
 from searchlite.faults import crashpoint
 from searchlite.indexer.pipeline import Done, Indexer, Work, decode
 from searchlite.indexer.scan import ScanTable
+from searchlite.models.base import InputSize, input_size_of
 from searchlite.store import VectorWriter
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def start_ray(address: str | None) -> Any:
 class DecodeTask:
     """Ray Data CPU stage: Work items -> decoded, preprocessed inputs (or an error, or a move)."""
 
-    def __init__(self, preprocessors: Sequence[Callable], sizes: Sequence[tuple[int, int]], vanished: dict[str, int],
+    def __init__(self, preprocessors: Sequence[Callable], sizes: Sequence[Any], vanished: dict[str, int],
                  draft: bool) -> None:
         self.preprocessors, self.sizes, self.vanished, self.draft = list(preprocessors), list(sizes), vanished, draft
 
@@ -79,12 +80,18 @@ class DecodeTask:
                    meta=[_meta(d.meta) for d in done])
         for i, size in enumerate(self.sizes):
             need = np.array([bool(d.pixels and i in d.pixels) for d in done])
-            shape = next((d.pixels[i].shape for d in done if d.pixels and i in d.pixels), (3, size[1], size[0]))
-            pixels = np.zeros((n, *shape), dtype=np.float32)
-            for j, d in enumerate(done):
-                if need[j]:
-                    pixels[j] = d.pixels[i]
-            out[f"need_{i}"], out[f"pixels_{i}"] = need, pixels
+            width, height = (size.width, size.height) if isinstance(size, InputSize) else size
+            sample = next((d.pixels[i] for d in done if d.pixels and i in d.pixels), None)
+            # one column per model input (NaFlex: pixels_i.pixel_values, pixels_i.pixel_attention_mask, ...)
+            parts = sample if isinstance(sample, dict) else {
+                "": sample if sample is not None else np.zeros((3, height, width), np.float32)}
+            for key, value in parts.items():
+                column = np.zeros((n, *value.shape), dtype=value.dtype)
+                for j, d in enumerate(done):
+                    if need[j]:
+                        column[j] = d.pixels[i][key] if key else d.pixels[i]
+                out[f"pixels_{i}" + (f".{key}" if key else "")] = column
+            out[f"need_{i}"] = need
         out["decode_s"] = np.full(n, (time.perf_counter() - start) / max(n, 1))
         out["node"] = [ray.get_runtime_context().get_node_id()] * n
         return out
@@ -132,7 +139,9 @@ class EmbedActor:
             need = np.asarray(batch[f"need_{i}"], dtype=bool)
             vectors = np.zeros((n, emb.dim), dtype=np.float32)
             if need.any():
-                vectors[need] = emb.embed_pixels(np.asarray(batch[f"pixels_{i}"])[need])
+                keyed = {k.split(".", 1)[1]: np.asarray(v)[need] for k, v in batch.items()
+                         if k.startswith(f"pixels_{i}.")}
+                vectors[need] = emb.embed_pixels(keyed or np.asarray(batch[f"pixels_{i}"])[need])
             out[f"vector_{i}"] = vectors
         out["embed_s"] = np.full(n, (time.perf_counter() - start) / max(n, 1))
         out["embed_node"] = [self.node] * n
@@ -256,7 +265,7 @@ class RayIndexer(Indexer):
         resources = {"num_gpus": self.gpus_per_worker} if device == "cuda" else {"num_cpus": 1}
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // 16))
         # decoding: stateless CPU tasks (retried if a worker dies); embedding: model actors (restarted)
-        decode_fn = DecodeTask([e.preprocessor() for e in self.embedders], [e.image_size for e in self.embedders],
+        decode_fn = DecodeTask([e.preprocessor() for e in self.embedders], [input_size_of(e) for e in self.embedders],
                                self._vanished, self.draft)
         ds = ds.map_batches(decode_fn, batch_size=16, num_cpus=1, max_retries=3)
         threads = 0 if device == "cuda" else _cpu_threads(ray, workers)

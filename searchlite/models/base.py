@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Family = Literal["siglip", "clip", "align"]
+#: The architecture family: a key of zoo.json "families" (siglip, siglip2, clip, align, chinese_clip, ...).
+Family = str
 
 #: Default prompt template per family. SigLIP's is the one the HF zero-shot pipeline uses;
 #: CLIP's is the standard OpenAI single template; ALIGN was trained on noisy alt-text, and
@@ -63,8 +64,8 @@ class Embedder(Protocol):
     def preprocessor(self) -> Callable[[Image.Image], np.ndarray]:
         """``preprocess`` as a picklable callable that does not carry the model (for other processes)."""
 
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Stacked model inputs (n, C, H, W) -> float32 (n, d), L2-normalised."""
+    def embed_pixels(self, pixels: Any) -> np.ndarray:
+        """Stacked model inputs (n, C, H, W), or a dict of such batches (NaFlex) -> float32 (n, d), L2-normalised."""
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """RGB PIL images -> float32 (n, d), L2-normalised."""
@@ -88,6 +89,63 @@ def resolve_device(device: str = "auto") -> str:
 
         raise ModelLoadError(f"--device {device} was asked for, but torch sees no CUDA GPU")
     return device
+
+
+#: One model input: a float32 CHW array, or (NaFlex) a dict of fixed-shape arrays.
+ModelInputs = Any
+
+
+def stack_inputs(items: Sequence[ModelInputs]) -> ModelInputs:
+    """Stack per-image model inputs into a batch (the one helper both engines use): arrays are
+    stacked; dicts of arrays (NaFlex patches + mask + shapes) are stacked key by key."""
+    if items and isinstance(items[0], dict):
+        return {key: np.stack([item[key] for item in items]) for key in items[0]}
+    return np.stack(items)
+
+
+def batch_len(batch: ModelInputs) -> int:
+    """The number of images in a stacked batch."""
+    return len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
+
+
+@dataclass(frozen=True)
+class InputSize:
+    """The size a model resizes an image to, as the JPEG draft target (never decode below it).
+
+    Fixed-size models: ``(width, height)``. SigLIP 2 NaFlex keeps the aspect ratio with at most
+    ``max_patches`` patches of ``patch`` pixels, so its target depends on the image's own size."""
+
+    width: int
+    height: int
+    patch: int = 0
+    max_patches: int = 0
+
+    def for_image(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) this model resizes a ``width`` x ``height`` image to."""
+        if not self.max_patches:
+            return self.width, self.height
+        from transformers.models.siglip2.image_processing_siglip2 import get_image_size_for_max_num_patches
+
+        h, w = get_image_size_for_max_num_patches(height, width, self.patch, self.max_patches)
+        return int(w), int(h)
+
+
+@dataclass(frozen=True)
+class DraftTarget:
+    """The draft target of several models at once (picklable, for decode tasks in other processes):
+    for an image of a given size, the largest input any of them needs."""
+
+    sizes: tuple[InputSize, ...]
+
+    def __call__(self, width: int, height: int) -> tuple[int, int]:
+        wanted = [s.for_image(width, height) for s in self.sizes]
+        return max(w for w, _ in wanted), max(h for _, h in wanted)
+
+
+def input_size_of(embedder: Any) -> InputSize:
+    """An embedder's :class:`InputSize` (its ``input_size``, else its fixed ``image_size``)."""
+    size = getattr(embedder, "input_size", None)
+    return size if isinstance(size, InputSize) else InputSize(*embedder.image_size)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -145,18 +203,28 @@ class TorchEmbedder:
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         import torch
 
-        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        # floats go in as float32; integer inputs (NaFlex masks and shapes) keep their dtype
+        dtype = np.int64 if np.issubdtype(np.asarray(array).dtype, np.integer) else np.float32
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
         if self.device.startswith("cuda"):
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.to(self.device)
 
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+    def embed_pixels(self, pixels: ModelInputs) -> np.ndarray:
+        """Stacked model inputs -> float32 (n, d), L2-normalised. ``pixels`` is one (n, C, H, W)
+        array, or a dict of arrays with a leading batch axis (SigLIP 2 NaFlex: ``pixel_values``,
+        ``pixel_attention_mask``, ``spatial_shapes``), as :func:`stack_inputs` makes them."""
         import torch
 
         out = []
+        n = batch_len(pixels)
         with torch.inference_mode(), self._autocast():
-            for start in range(0, len(pixels), self.batch_size):
-                feats = self._image_features(self._to_device(pixels[start : start + self.batch_size]))
+            for start in range(0, n, self.batch_size):
+                part = slice(start, start + self.batch_size)
+                if isinstance(pixels, dict):
+                    feats = self._image_features({k: self._to_device(v[part]) for k, v in pixels.items()})
+                else:
+                    feats = self._image_features(self._to_device(pixels[part]))
                 out.append(feats.float().cpu().numpy())
         if not out:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -165,7 +233,7 @@ class TorchEmbedder:
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self.embed_pixels(np.stack([self.preprocess(im) for im in images]))
+        return self.embed_pixels(stack_inputs([self.preprocess(im) for im in images]))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch

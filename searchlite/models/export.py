@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from searchlite.models.light import EXPORT_VERSION, OnnxTextEncoder
+from searchlite.models.light import EXPORT_VERSION, OnnxTextEncoder, prepare_text
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +28,32 @@ PROBES = [
     "naïve café, Zürich, 東京の夜景", "t-shirt & jeans, 50% off", "emoji 🐶🏖️ and ☃", "   spaces    around   ",
     "punctuation: (a), [b]; {c}... 'quoted' \"double\"", "HTML &amp; entities &lt;b&gt;", "a photo of a " + "very " * 60 + "long dog",
     "1 2 3 numbers 2023-07-01", "UPPER lower MiXeD", "tab\tand\nnewline",
+    # CJK, mixed scripts, full-width punctuation: multilingual models' queries
+    "海滩上的两只狗", "雪の中の赤い車", "日本語と English の mixed テキスト", "全角！？（テスト）：ＡＢＣ１２３", "中文，标点。“引号”",
+    "한국어 사진", "Привет, мир", "مرحبا بالعالم",
+    # literal special-token strings in the text must be tokenized as the torch tokenizer does
+    "dog</s>cat", "<unk> x", "[SEP]", "<pad> <eos> <bos>", "<|endoftext|> a", "[CLS] [MASK] b", "<s> c </s>",
 ]
 MAX_ABS = 1e-5
 MIN_COS = 0.99999
 
 
-def _hf_tokenizer_json(tok: Any, kwargs: dict) -> Any:
+def _hf_tokenizer_json(tok: Any, kwargs: dict, folder: Path | None = None) -> Any:
     """A `tokenizers` Tokenizer equivalent to a transformers tokenizer called with ``kwargs``."""
     from tokenizers import Regex, Tokenizer, normalizers
 
     if getattr(tok, "backend_tokenizer", None) is not None:
         fast = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+    elif folder is not None and hasattr(tok, "sp_model") and getattr(tok, "vocab_file", None):
+        # a slow SentencePiece SigLIP tokenizer: mirrored step for step on its own sentencepiece model
+        from searchlite.models.light import SlowSentencePiece
+
+        shutil.copyfile(tok.vocab_file, folder / "spiece.model")
+        config = {"specials": {str(t): int(i) for i, t in tok.added_tokens_decoder.items()}, "unk": str(tok.unk_token),
+                  "eos_id": int(tok.eos_token_id), "pad_id": int(tok.pad_token_id),
+                  "lower": bool(getattr(tok, "do_lower_case", False)), "padding": kwargs.get("padding"),
+                  "max_length": kwargs.get("max_length"), "truncation": bool(kwargs.get("truncation"))}
+        return SlowSentencePiece(folder, config)
     else:  # a SentencePiece tokenizer (SigLIP): convert, with SigLIP's canonicalisation in front
         fast = _sentencepiece_converter()(tok).converted()
         steps = [normalizers.Lowercase()] if getattr(tok, "do_lower_case", False) else []
@@ -49,12 +64,14 @@ def _hf_tokenizer_json(tok: Any, kwargs: dict) -> Any:
         fast.normalizer = normalizers.Sequence(steps)
     fast.no_padding()
     fast.no_truncation()
+    max_length = int(kwargs.get("max_length") or min(getattr(tok, "model_max_length", 512), 4096))
+    side = getattr(tok, "padding_side", "right")  # Gemma / SigLIP 2 tokenizers pad on the left
     if kwargs.get("truncation"):
-        fast.enable_truncation(int(kwargs["max_length"]))
+        fast.enable_truncation(max_length, direction=getattr(tok, "truncation_side", "right"))
     if kwargs.get("padding") == "max_length":
-        fast.enable_padding(length=int(kwargs["max_length"]), pad_id=tok.pad_token_id, pad_token=tok.pad_token)
+        fast.enable_padding(length=max_length, pad_id=tok.pad_token_id, pad_token=tok.pad_token, direction=side)
     elif kwargs.get("padding"):
-        fast.enable_padding(pad_id=tok.pad_token_id, pad_token=tok.pad_token)
+        fast.enable_padding(pad_id=tok.pad_token_id, pad_token=tok.pad_token, direction=side)
     return fast
 
 
@@ -117,15 +134,53 @@ def _openclip_tokenizer_json(tok: Any) -> tuple[Any, str | None]:
     return fast, "lower"
 
 
+def _openclip_lang_meta(embedder: Any) -> dict | None:
+    """nllb: how the reference tokenizer puts a language in front of the text (its template after
+    ``set_language``, the code's place marked ``{lang}``) and every code it knows, for the light path."""
+    default = getattr(embedder, "default_lang", None)
+    if not default:
+        return None
+    inner = embedder.tokenizer.tokenizer
+    embedder.tokenize(["a"])  # sets the default language on the shared tokenizer
+    code_id = inner.convert_tokens_to_ids(default)
+
+    def tokens(ids: list[int]) -> list[str]:
+        return ["{lang}" if i == code_id else inner.convert_ids_to_tokens(i) for i in ids]
+
+    prefix, suffix = tokens(list(inner.prefix_tokens)), tokens(list(inner.suffix_tokens))
+    return {"default": default, "codes": {c: inner.convert_tokens_to_ids(c) for c in embedder.language_codes()},
+            "single": [*prefix, "$A", *suffix],
+            "special_ids": {t: inner.convert_tokens_to_ids(t) for t in prefix + suffix if t != "{lang}"}}
+
+
+#: Languages checked on top of the default one when a model takes a language code.
+CHECKED_LANGS = ("zho_Hans", "jpn_Jpan", "fra_Latn")
+
+
+def _check_languages(embedder: Any, folder: Path, meta: dict) -> str | None:
+    """For a model that takes a language code: token ids exact and embeddings within tolerance in
+    other languages than the default too; the reason when not, else None."""
+    light = OnnxTextEncoder(folder, {**meta, "valid": True})
+    for code in [c for c in CHECKED_LANGS if c in meta["lang"]["codes"] and c != meta["lang"]["default"]]:
+        ours = light.tokenize(PROBES, code)["input_ids"]
+        reference = embedder.tokenize(PROBES, code).numpy()
+        if ours.shape != reference.shape or not np.array_equal(ours, reference):
+            return f"the exported tokenizer does not reproduce the model's token ids with language {code}"
+        diff = light.embed_texts(PROBES, code) - embedder.embed_texts(PROBES, lang=code)
+        if float(np.abs(diff).max()) > MAX_ABS:
+            return f"ONNX embeddings differ from torch's with language {code} (max |d| {np.abs(diff).max():.2e})"
+    return None
+
+
 def _torch_ids(embedder: Any, texts: list[str]) -> np.ndarray:
     if hasattr(embedder, "text_kwargs"):
-        return embedder.tokenizer(texts, return_tensors="np", **embedder.text_kwargs)["input_ids"]
-    return embedder.tokenizer(texts).numpy()
+        return embedder.tokenize(texts, return_tensors="np")["input_ids"]
+    return embedder.tokenize(texts).numpy()  # open_clip: nllb's default language set first
 
 
 def _input_names(embedder: Any) -> list[str]:
     if hasattr(embedder, "text_kwargs"):  # exactly what the checkpoint's tokenizer emits
-        return list(embedder.tokenizer(["a"], return_tensors="np", **embedder.text_kwargs).keys())
+        return list(embedder.tokenize(["a"], return_tensors="np").keys())
     return ["input_ids"]
 
 
@@ -182,18 +237,23 @@ def export_text_tower(embedder: Any, folder: Path) -> dict:
                             "valid": False}
     try:
         if hasattr(embedder, "text_kwargs"):
-            tokenizer, clean = _hf_tokenizer_json(embedder.tokenizer, embedder.text_kwargs), None
+            tokenizer, clean = _hf_tokenizer_json(embedder.tokenizer, embedder.text_kwargs, tmp), None
         else:
+            lang = _openclip_lang_meta(embedder)  # sets the default language: the saved template's
+            if lang:
+                meta["lang"] = lang
             tokenizer, clean = _openclip_tokenizer_json(embedder.tokenizer)
         tokenizer.save(str(tmp / "tokenizer.json"))
         names = _input_names(embedder)
-        meta.update(inputs=names, clean=clean)
-        light_ids = np.array([e.ids for e in tokenizer.encode_batch([_clean(t, clean) for t in PROBES])])
+        prepare = dict(getattr(embedder, "text_rules", {}) or {})
+        meta.update(inputs=names, clean=clean, prepare=prepare)
+        light_ids = np.array([e.ids for e in tokenizer.encode_batch([prepare_text(_clean(t, clean), prepare)
+                                                                     for t in PROBES])])
         torch_ids = _torch_ids(embedder, PROBES)
         if light_ids.shape != torch_ids.shape or not np.array_equal(light_ids, torch_ids):
             meta["reason"] = "the exported tokenizer does not reproduce the model's token ids"
         else:
-            sample = {n: v for n, v in _tokenize_probes(tmp, names, clean).items()}
+            sample = {n: v for n, v in _tokenize_probes(tmp, names, clean, prepare).items()}
             _export_onnx(embedder, names, sample, tmp / "raw.onnx")
             _optimise(tmp / "raw.onnx", tmp / "text.onnx")
             (tmp / "raw.onnx").unlink()
@@ -207,11 +267,14 @@ def export_text_tower(embedder: Any, folder: Path) -> dict:
             meta.update(max_abs_diff=max_abs, min_cosine=min_cos, valid=max_abs <= MAX_ABS and min_cos >= MIN_COS)
             if not meta["valid"]:
                 meta["reason"] = f"ONNX embeddings differ from torch's (max |d| {max_abs:.2e}, min cos {min_cos:.7f})"
+            elif meta.get("lang"):
+                meta["reason"] = _check_languages(embedder, tmp, meta)
+                meta["valid"] = meta["reason"] is None
     except Exception as exc:  # noqa: BLE001 - an export that cannot be made leaves the torch path
         meta["reason"] = f"export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     meta["seconds"] = round(time.perf_counter() - start, 2)
     if not meta["valid"]:
-        for name in ("text.onnx", "text.onnx.data", "tokenizer.json", "raw.onnx"):
+        for name in ("text.onnx", "text.onnx.data", "tokenizer.json", "raw.onnx", "spiece.model"):
             (tmp / name).unlink(missing_ok=True)
         log.warning("text tower of %s not exported for the light query path: %s", embedder.model_id, meta["reason"])
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -227,11 +290,11 @@ def _clean(text: str, mode: str | None) -> str:
     return clean_text(text, mode)
 
 
-def _tokenize_probes(folder: Path, names: list[str], clean: str | None) -> dict[str, np.ndarray]:
-    from tokenizers import Tokenizer
+def _tokenize_probes(folder: Path, names: list[str], clean: str | None, prepare: dict) -> dict[str, np.ndarray]:
+    from searchlite.models.light import load_tokenizer
 
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    encodings = tokenizer.encode_batch([_clean(t, clean) for t in PROBES[:2]])
+    tokenizer = load_tokenizer(folder)
+    encodings = tokenizer.encode_batch([prepare_text(_clean(t, clean), prepare) for t in PROBES[:2]])
     values = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
               "token_type_ids": [e.type_ids for e in encodings]}
     return {n: np.array(values[n], dtype=np.int64) for n in names}

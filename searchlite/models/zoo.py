@@ -19,7 +19,7 @@ from searchlite.errors import ModelLoadError
 
 #: Keys an entry (or a family default) may have.
 KEYS = frozenset({"spec", "family", "templates", "text", "image", "languages", "dim", "license", "params",
-                  "defaults", "description", "published", "lang", "backend", "probability", "center"})
+                  "defaults", "description", "published", "lang", "backend", "probability", "center", "match"})
 #: Keys of an entry's "text" rules.
 TEXT_KEYS = frozenset({"lower", "clean", "lang_prefix", "padding", "max_length", "tokenizer"})
 
@@ -108,6 +108,9 @@ class Family:
     templates: tuple[str, ...]
     text: dict[str, Any]
     defaults: dict[str, Any]
+    #: when set, the family applies to checkpoints of this ``model_type`` whose tokenizer class is
+    #: listed (e.g. SigLIP 2 fixed-res: a ``siglip`` checkpoint with a Gemma tokenizer)
+    match: dict[str, Any] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=1)
@@ -122,7 +125,7 @@ def families() -> dict[str, Family]:
         _check(name, data)
         out[name] = Family(name, data.get("backend", "hf"), data.get("probability", "platt"),
                            float(data.get("center", 0.25)), tuple(data.get("templates") or ["{}"]),
-                           dict(data.get("text", {})), dict(data.get("defaults", {})))
+                           dict(data.get("text", {})), dict(data.get("defaults", {})), dict(data.get("match", {})))
     return out
 
 

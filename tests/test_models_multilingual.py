@@ -1,0 +1,193 @@
+"""The round-3 transformers families, each exactly as its reference computes it: SigLIP 2 NaFlex
+(``Siglip2Model`` + ``Siglip2Processor``: aspect ratio kept, patches + mask + shapes), SigLIP 2 at a
+fixed resolution (a ``siglip`` checkpoint with a Gemma tokenizer, queries lowercased as the model was
+trained), Chinese-CLIP and MetaCLIP 2 (XLM-R tokenizer, EOS pooling) — on tiny checkpoints built offline
+and saved as hub checkpoints are, loaded through the public ``hf:<folder>`` spec. The reference side of
+every test calls transformers itself (``AutoProcessor`` + ``AutoModel``), never searchlite's code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+import tiny_models
+from searchlite.imaging import load_image, to_rgb
+from searchlite.models import load_embedder
+from searchlite.models.light import read_meta
+
+ATOL = 1e-5
+QUERIES = ["a photo of two dogs on the beach", "海滩上的两只狗", "雪の中の赤い車", "Mixed 猫 and 犬!"]
+FAMILIES = ["siglip2_naflex", "siglip2_fixed", "chinese_clip", "metaclip2"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("multilingual-models")
+    return {name: getattr(tiny_models, f"build_{name}")(root / name) for name in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, sample_images) -> Path:
+    """Every awkward shape: 1x1, very wide, very tall, grey, transparent, palette, CMYK, 16-bit."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("ml-photos")
+    for p in sample_images:
+        shutil.copy(p, folder / p.name)
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 255, (1, 1, 3), dtype=np.uint8)).save(folder / "one-pixel.png")
+    Image.fromarray(rng.integers(0, 255, (12, 900, 3), dtype=np.uint8)).save(folder / "panorama.png")
+    Image.fromarray(rng.integers(0, 255, (700, 15, 3), dtype=np.uint8)).save(folder / "tower.jpg", quality=95)
+    return folder
+
+
+def _reference_image(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    # the processors leave modes to the caller: give them transformers' RGB conversion (16-bit grey is
+    # the one mode where searchlite deliberately scales instead of clipping)
+    return img if img.mode == "RGB" else to_rgb(img)
+
+
+def _reference(folder: Path, family: str, images: list[Image.Image], texts: list[str]):
+    """(image embeds, text embeds, logits_per_image) from transformers' own processor + model."""
+    from transformers import AutoModel, AutoProcessor
+
+    model = AutoModel.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder, backend="pil")
+    if family == "siglip2_naflex":
+        text_kwargs: dict = {}  # Siglip2Processor's own call defaults (padding="max_length", 64)
+    elif family == "siglip2_fixed":
+        texts = [t.lower() for t in texts]  # SigLIP 2 was trained on lowercased text (its model card)
+        text_kwargs = {"padding": "max_length", "max_length": 64}
+    else:
+        text_kwargs = {"padding": True}
+    with torch.no_grad():
+        img_in = processor(images=images, return_tensors="pt")
+        txt_in = processor(text=texts, return_tensors="pt", **text_kwargs)
+        out = model(**img_in, **txt_in)
+    return out.image_embeds.numpy(), out.text_embeds.numpy(), out.logits_per_image.numpy()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_embeddings_and_logits_equal_the_reference(family, checkpoints, photos):
+    folder = checkpoints[family]
+    emb = load_embedder(f"hf:{folder}", device="cpu", precision="fp32")
+    paths = sorted(photos.iterdir())
+    ours_img = emb.embed_images([load_image(p, draft=False).image for p in paths])
+    ours_txt = emb.embed_texts(QUERIES)
+    ref_img, ref_txt, ref_logits = _reference(folder, family, [_reference_image(p) for p in paths], QUERIES)
+    np.testing.assert_allclose(ours_img, ref_img, atol=ATOL, rtol=ATOL)
+    np.testing.assert_allclose(ours_txt, ref_txt, atol=ATOL, rtol=ATOL)
+    np.testing.assert_allclose(emb.score.logits(ours_img @ ours_txt.T), ref_logits, atol=1e-4, rtol=ATOL)
+
+
+def test_naflex_batches_carry_patches_mask_and_shapes(checkpoints, photos):
+    """A NaFlex batch holds images of different aspect ratios: each keeps its own spatial shape."""
+    emb = load_embedder(f"hf:{checkpoints['siglip2_naflex']}", device="cpu", precision="fp32")
+    wide = emb.preprocess(load_image(photos / "panorama.png").image)
+    tall = emb.preprocess(load_image(photos / "tower.jpg").image)
+    assert set(wide) == {"pixel_values", "pixel_attention_mask", "spatial_shapes"}
+    assert wide["pixel_values"].shape == tall["pixel_values"].shape == (256, 16 * 16 * 3)
+    h, w = wide["spatial_shapes"]
+    assert w > 4 * h and int(wide["pixel_attention_mask"].sum()) == h * w <= 256
+    h, w = tall["spatial_shapes"]
+    assert h > 4 * w
+    # the draft target never goes below what the processor resizes to
+    assert emb.input_size.for_image(900, 12)[0] >= int(wide["spatial_shapes"][1]) * 16
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "searchlite", *args], capture_output=True, text=True,
+                          env={**os.environ, "SEARCHLITE_NO_SERVER": "1", "SEARCHLITE_PRECISION": "fp32", **(env or {})},
+                          timeout=600)
+
+
+@pytest.mark.parametrize("family", ["siglip2_naflex", "chinese_clip"])
+def test_index_and_search_in_three_languages_through_the_cli_and_the_light_path(family, checkpoints, photos,
+                                                                               tmp_path):
+    """`searchlite index` + `search --json` in English, Chinese and Japanese: every result's score,
+    logit and probability are the reference model's for that image and the templated query, also on
+    the light path (a cold search that imports neither torch nor transformers)."""
+    from transformers import AutoModel
+
+    folder, lib = checkpoints[family], tmp_path / "lib"
+    done = _cli("index", str(photos), "--model", f"hf:{folder}", "-L", str(lib), "--no-draft", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["added"] == len(list(photos.iterdir()))
+    meta = read_meta(next((lib / "models").iterdir()) / "text")
+    assert meta is not None and meta["valid"], "the light path's export must validate for this family"
+
+    paths = sorted(photos.iterdir())
+    model = AutoModel.from_pretrained(folder).eval()
+    ref_img, _, _ = _reference(folder, family, [_reference_image(p) for p in paths], ["x"])
+    by_path = {str(p): v for p, v in zip(paths, ref_img)}
+    template = "This is a photo of {}." if family.startswith("siglip") else "一张{}的照片。"
+    for query in QUERIES[:3]:
+        _, ref_txt, _ = _reference(folder, family, [_reference_image(paths[0])], [template.format(query)])
+        code = ("import sys, json\nfrom searchlite.cli.main import main\n"
+                f"sys.argv = ['searchlite', 'search', {query!r}, '-L', {str(lib)!r}, '--json', '-k', '5']\n"
+                "try:\n    main()\nfinally:\n"
+                "    heavy = [m for m in sys.modules if m == 'torch' or m.startswith('transformers')]\n"
+                "    print('HEAVY', heavy, file=sys.stderr)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "SEARCHLITE_NO_SERVER": "1"}, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert "HEAVY []" in out.stderr
+        results = json.loads(out.stdout)
+        assert len(results) == 5
+        cosines = {p: float(v @ ref_txt[0]) for p, v in by_path.items()}
+        expected = sorted(cosines, key=lambda p: -cosines[p])[:5]
+        assert [r["path"] for r in results] == expected
+        for r in results:
+            cos = cosines[r["path"]]
+            assert r["score"] == pytest.approx(cos, abs=ATOL)
+            if family.startswith("siglip"):
+                logit = model.logit_scale.exp().item() * cos + model.logit_bias.item()
+                assert r["probability"] == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-5)
+            else:
+                logit = model.logit_scale.exp().item() * cos
+            assert r["logit"] == pytest.approx(logit, abs=1e-3)
+
+
+def test_combined_queries_with_cjk_terms(checkpoints, photos, tmp_path, monkeypatch):
+    """The ` + ` / ` - ` grammar with Chinese terms: the query vector is the normalised weighted sum of
+    the reference text embeddings of each templated term."""
+    from searchlite.library import Library
+
+    folder = checkpoints["chinese_clip"]
+    monkeypatch.setenv("SEARCHLITE_PRECISION", "fp32")  # parity is defined in fp32
+    lib = Library(tmp_path / "lib", device="cpu")
+    lib.index([photos], [f"hf:{folder}"])
+    terms = ["海滩上的狗", "红色汽车", "雪"]
+    _, ref, _ = _reference(folder, "chinese_clip", [_reference_image(next(photos.iterdir()))],
+                           [f"一张{t}的照片。" for t in terms])
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    q = 2 * ref[0] + ref[1] - ref[2]
+    q /= np.linalg.norm(q)
+    results = lib.search("2:海滩上的狗 + 红色汽车 - 雪", k=3)
+    vecs = lib.stored_vectors(lib.model_row(), [r.image_id for r in results])
+    for r in results:
+        assert r.score == pytest.approx(float(vecs[r.image_id] @ q), abs=ATOL)
+
+
+def test_every_zoo_alias_parses_and_names_its_family():
+    from searchlite.models.registry import parse_spec
+    from searchlite.models.zoo import entries, families
+
+    for alias, entry in entries().items():
+        assert entry.family in families(), alias
+        parsed = parse_spec(alias)
+        assert parsed.alias == alias and parsed.entry is entry
+        if alias != "demo":
+            assert parse_spec(entry.spec).alias is not None

@@ -180,7 +180,7 @@ def reference(folder: Path, lang: str | None = None) -> tuple[Any, Any, Any]:
 
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
     model.eval()
-    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
-    if lang is not None:
-        tokenizer.set_language(lang)
+    # nllb: the language goes to the HF tokenizer's constructor (open_clip passes kwargs through);
+    # open_clip's tokenizer.set_language() is a no-op under transformers 5 (see searchlite.models.openclip)
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}", **({"src_lang": lang} if lang else {}))
     return model, preprocess, tokenizer

@@ -11,9 +11,14 @@ and cleaning, the image mean/std and resize mode of the pretrained tag. Two seam
   the hub cannot be reached (one request, no retries), loading fails at once naming the
   tokenizer, not the weights. ``tokenizer=<folder>`` (spec ``openclip:ARCH@weights.pt?tokenizer=/dir``,
   or a zoo entry's ``text.tokenizer``) points at a local copy instead.
-- **A language code** (nllb-clip): the reference tokenizer's ``set_language`` puts the
-  FLORES-200 code in front of the text (NLLB's ``src_lang`` prefix token); ``embed_texts(texts, lang=)``
-  sets it per call, defaulting to :attr:`OpenClipEmbedder.default_lang`.
+- **A language code** (nllb-clip): NLLB's tokenizer puts its ``src_lang`` FLORES-200 code in
+  front of the text (a prefix token, which the ``cls_pooler`` tower pools at). open_clip's
+  ``tokenizer.set_language(code)`` no longer does it under transformers 5 (each call resets the
+  prefix to ``src_lang``, eng_Latn unless set), so we set ``src_lang`` itself: the reference is
+  ``get_tokenizer(name, src_lang=code)``. ``embed_texts(texts, lang=)`` sets it per call, defaulting
+  to :attr:`OpenClipEmbedder.default_lang` (the zoo entry's ``lang``, else the tokenizer's own).
+  Immich instead writes the code as text in front of the query (``f"{code}{text}"``), which with
+  the default template gives ``[eng_Latn, code, ...]``: not what the reference tokenizer emits.
 
 MobileCLIP2 is not reparameterised: open_clip's reference call (``create_model_and_transforms`` +
 ``eval()``) does not do it, and parity is with that call.
@@ -310,7 +315,9 @@ class OpenClipEmbedder(TorchEmbedder):
             return self.tokenizer(texts)
         code = self.check_lang(lang or self.default_lang)
         with self._lang_lock:  # the tokenizer's language is state: one caller at a time
-            self.tokenizer.set_language(code)
+            # NLLB's own setter: open_clip's set_language() calls set_src_lang_special_tokens, which
+            # transformers 5 undoes at every call (it switches back to src_lang): a silent eng_Latn
+            self.tokenizer.tokenizer.src_lang = code
             return self.tokenizer(texts)
 
     def _text_features(self, texts: list[str], lang: str | None = None) -> torch.Tensor:

@@ -197,4 +197,8 @@ def load_embedder(spec: str | ModelSpec, device: str = "auto", batch_size: int =
     from searchlite.models.precision import check_precision
 
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    if parsed.backend == "openclip":  # a missing hub tokenizer fails here, before torch is imported
+        from searchlite.models.openclip import preflight
+
+        preflight(parsed.source, parsed.tokenizer)
     return _load(parsed, resolve_device(device), batch_size, check_precision(precision))

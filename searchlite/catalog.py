@@ -29,9 +29,12 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    TypeDecorator,
+    and_,
     create_engine,
     event,
     func,
+    or_,
     select,
 )
 from sqlalchemy.engine import URL, Engine
@@ -40,6 +43,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from searchlite import migrations
 from searchlite.errors import LibraryError
+from searchlite.paths import as_bytes, from_db, printable, query_candidates, to_db
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,31 @@ class Base(DeclarativeBase):
     pass
 
 
+class FsPath(TypeDecorator):
+    """A file path or name, stored losslessly: TEXT when it is valid UTF-8, else a BLOB of the
+    file system's exact bytes (see :mod:`searchlite.paths`). Comparisons bind the same way, so a
+    name always meets its own storage class; ``bytes`` bind as they are (byte-range conditions)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return to_db(value)
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return from_db(value)
+
+
+class SafeText(TypeDecorator):
+    """Text that may quote a file name (an error message): stored printable, never refused."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return printable(value) if isinstance(value, str) else value
+
+
 class Meta(Base):
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String, primary_key=True)
@@ -66,7 +95,7 @@ class Root(Base):
 
     __tablename__ = "roots"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(String, unique=True)
+    path: Mapped[str] = mapped_column(FsPath, unique=True)
     added_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     excludes: Mapped[str | None] = mapped_column(Text)  # JSON list of gitignore-style patterns (index --exclude)
     default_excludes: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -78,7 +107,7 @@ class ImageRow(Base):
     __tablename__ = "images"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"))
-    relpath: Mapped[str] = mapped_column(String)
+    relpath: Mapped[str] = mapped_column(FsPath)
     size: Mapped[int] = mapped_column(Integer)
     mtime_ns: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str | None] = mapped_column(String(64))
@@ -89,9 +118,9 @@ class ImageRow(Base):
     taken_source: Mapped[str | None] = mapped_column(String(16))  # exif | exif-digitized | exif-datetime | raw | mtime
     taken_offset: Mapped[int | None] = mapped_column(Integer)  # minutes east of UTC, when the file says
     camera: Mapped[str | None] = mapped_column(String)
-    companion: Mapped[str | None] = mapped_column(String)  # relpath of a RAW file paired with this JPEG
+    companion: Mapped[str | None] = mapped_column(FsPath)  # relpath of a RAW file paired with this JPEG
     status: Mapped[str] = mapped_column(String(8), default="pending")  # pending | ok | error
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(SafeText)
     indexed_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
@@ -206,26 +235,97 @@ def _on_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
 
-class Catalog:
-    """Opens (creating or migrating) ``catalog.sqlite`` in a library folder."""
+def _on_connect_read_only(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA query_only=ON")  # a backstop: nothing below may write
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA temp_store=MEMORY")
+    cur.execute(f"PRAGMA busy_timeout={_busy_timeout_ms()}")
+    cur.close()
 
-    def __init__(self, folder: Path, create: bool = True) -> None:
+
+def read_only_forced() -> bool:
+    """$SEARCHLITE_READ_ONLY=1 opens every library read-only (as on read-only media)."""
+    return os.environ.get("SEARCHLITE_READ_ONLY", "").strip().lower() in ("1", "true", "yes")
+
+
+def is_writable(folder: Path) -> bool:
+    """Whether a library folder (and its catalog file) can be written, by ``os.access`` and by
+    probes that change nothing: the catalog opened for writing (not written) and an unnamed
+    temporary file in the folder (SQLite must create its -wal and -shm files there). The probes
+    catch what ``os.access`` misses (a read-only mount for root, NFS root squash, ACLs)."""
+    import tempfile
+
+    path = folder / CATALOG_FILE
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return False
+    try:
+        if path.exists():
+            os.close(os.open(path, os.O_WRONLY))
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        return False
+    return True
+
+
+class _ReadOnlySessions:
+    """Stands in for the write sessionmaker of a read-only catalog: any write is a clear error."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _refuse(self) -> LibraryError:
+        return LibraryError(f"the library at {self.folder} is read-only (read-only media, or "
+                            f"$SEARCHLITE_READ_ONLY); searching works, changing it needs a writable copy")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse()
+
+    def begin(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse()
+
+
+class Catalog:
+    """Opens (creating or migrating) ``catalog.sqlite`` in a library folder.
+
+    ``read_only`` (default: when the folder is not writable, or $SEARCHLITE_READ_ONLY=1) opens an
+    existing catalog with SQLite's ``mode=ro`` (and ``immutable=1`` when no -wal/-shm files are
+    there, as after a clean close): reads work, caches are skipped, any write is a LibraryError.
+    """
+
+    def __init__(self, folder: Path, create: bool = True, read_only: bool | None = None) -> None:
         self.folder = Path(folder)
         path = self.folder / CATALOG_FILE
+        if read_only is None:
+            read_only = read_only_forced() or (path.exists() and not is_writable(self.folder))
+        self.read_only = bool(read_only)
         if not path.exists():
-            if not create:
+            if not create or self.read_only:
                 raise LibraryError(f"no searchlite library at {self.folder} (run `searchlite index` first)")
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise LibraryError(f"cannot create the library folder {self.folder}: {exc.strerror or exc}") from exc
-        # URL.create keeps '?' and '#' in the path literal (a URL string would cut it there)
-        self.engine: Engine = create_engine(URL.create("sqlite", database=str(path)))
-        event.listen(self.engine, "connect", _on_connect)
+        if self.read_only:
+            self.engine: Engine = _read_only_engine(path)
+            event.listen(self.engine, "connect", _on_connect_read_only)
+        else:
+            # URL.create keeps '?' and '#' in the path literal (a URL string would cut it there)
+            self.engine = create_engine(URL.create("sqlite", database=str(path)))
+            event.listen(self.engine, "connect", _on_connect)
         event.listen(self.engine, "begin", _on_begin)
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
-        self.WriteSession = sessionmaker(self.engine.execution_options(write=True), expire_on_commit=False)
+        self.WriteSession = _ReadOnlySessions(self.folder) if self.read_only else \
+            sessionmaker(self.engine.execution_options(write=True), expire_on_commit=False)
         self._upgrade()
+
+    def require_writable(self, what: str) -> None:
+        """A one-line LibraryError when this catalog is read-only (before ``what`` starts)."""
+        if self.read_only:
+            raise LibraryError(f"the library at {self.folder} is read-only (read-only media, or "
+                               f"$SEARCHLITE_READ_ONLY): `{what}` needs a writable library")
 
     def _upgrade(self) -> None:
         with self.engine.connect() as conn:
@@ -236,6 +336,9 @@ class Catalog:
                                f"{SCHEMA_VERSION}); upgrade searchlite")
         if version == SCHEMA_VERSION:
             return
+        if self.read_only:
+            raise LibraryError(f"the library at {self.folder} needs an upgrade (schema {version} -> "
+                               f"{SCHEMA_VERSION}) but is read-only; open it once where it is writable")
         with self.engine.execution_options(write=True).begin() as conn:
             version = migrations.current_version(conn)  # another process may have upgraded meanwhile
             for step in range(version, SCHEMA_VERSION):
@@ -263,7 +366,8 @@ class Catalog:
             return {r.id: r.path for r in s.scalars(select(Root))}
 
     def locate(self, path: str) -> tuple[int, str] | None:
-        """(root id, relpath) of a path inside a known root, looked up by each parent (O(depth))."""
+        """(root id, relpath) of a path inside a known root, looked up by each parent (O(depth)).
+        Lexical: ``path`` is taken as it is (absolute and normalised); see :meth:`find_image`."""
         pure = PurePosixPath(path) if "://" not in path else None
         with self.Session() as s:
             if pure is not None:
@@ -277,14 +381,61 @@ class Catalog:
                     return root_id, path[len(root_path.rstrip("/")) + 1:]
         return None
 
+    def locate_all(self, path: str | Path) -> list[tuple[int, str]]:
+        """Every (root id, relpath) a user's path names, by the one rule for paths under a root:
+        first as given (absolute, normalised: a symlinked folder the scan followed is part of the
+        stored path), then resolved (a root reached through a link to it)."""
+        if "://" in str(path):
+            found = self.locate(str(path))
+            return [found] if found else []
+        out: list[tuple[int, str]] = []
+        for candidate in query_candidates(path):
+            found = self.locate(candidate)
+            if found is not None and found not in out:
+                out.append(found)
+        return out
+
     def find_image(self, path: str | Path) -> ImageRow | None:
-        """The catalog row of a file, if it is inside a known root."""
-        key = str(Path(path).resolve()) if "://" not in str(path) else str(path)
-        found = self.locate(key)
-        if found is None:
-            return None
+        """The catalog row of a file, if it is inside a known root (see :meth:`locate_all`); a row
+        found by the path as given must name the same file (``..`` after a link can mislead)."""
         with self.Session() as s:
-            return s.scalar(select(ImageRow).where(ImageRow.root_id == found[0], ImageRow.relpath == found[1]))
+            for root_id, relpath in self.locate_all(path):
+                row = s.scalar(select(ImageRow).where(ImageRow.root_id == root_id, ImageRow.relpath == relpath))
+                if row is None:
+                    continue
+                if "://" in str(path) or _same_file(str(path), join_path(s.get(Root, root_id).path, relpath)):
+                    return row
+        return None
+
+    def folder_condition(self, folder: str | Path):
+        """SQL condition on images (joined with roots): inside ``folder``, by the rule of
+        :meth:`locate_all`; roots inside the folder count whole. Ranges on (root_id, relpath) use
+        the unique index; names stored as BLOBs (not UTF-8) get their own byte range."""
+        if "://" in str(folder):
+            forms = [str(folder).rstrip("/")]
+        else:
+            forms = query_candidates(folder)
+        roots = self.roots()
+        inside: set[int] = set()
+        ranges: set[tuple[int, str]] = set()
+        for form in forms:
+            top = form.rstrip("/")
+            inside.update(rid for rid, path in roots.items() if path == top or path.startswith(top + "/"))
+            located = self.locate(top + "/x")
+            if located is not None and located[0] not in inside:
+                ranges.add((located[0], located[1][:-1]))  # 'sub/dir/' (relpath of 'x' minus the 'x')
+        parts = [ImageRow.root_id.in_(sorted(inside))] if inside else []
+        for root_id, prefix in sorted(ranges):
+            if root_id in inside:
+                continue
+            raw = as_bytes(prefix)
+            by_bytes = and_(ImageRow.relpath >= raw, ImageRow.relpath < raw[:-1] + b"0")  # BLOB rows only
+            if isinstance(to_db(prefix), str):  # TEXT sorts before every BLOB: two disjoint ranges
+                by_text = and_(ImageRow.relpath >= prefix, ImageRow.relpath < prefix[:-1] + "0")
+                parts.append(and_(ImageRow.root_id == root_id, or_(by_text, by_bytes)))
+            else:
+                parts.append(and_(ImageRow.root_id == root_id, by_bytes))
+        return or_(*parts) if parts else ImageRow.id < 0
 
     def image(self, image_id: int) -> tuple[ImageRow, str] | None:
         """An image row and its absolute path (or URI)."""
@@ -423,14 +574,19 @@ class Catalog:
 
     def cached_queries(self, model_ref: int, keys: list[str]) -> dict[str, np.ndarray]:
         """Cached query embeddings of a model, by key."""
+        rows = []
         with self.Session() as s:
-            rows = s.execute(select(QueryCacheRow.key, QueryCacheRow.vector).where(
-                QueryCacheRow.model_ref == model_ref, QueryCacheRow.key.in_(keys[:900]))).all()
+            for part in chunked(keys):
+                rows += s.execute(select(QueryCacheRow.key, QueryCacheRow.vector).where(
+                    QueryCacheRow.model_ref == model_ref, QueryCacheRow.key.in_(part))).all()
         return {key: np.frombuffer(blob, dtype=np.float32) for key, blob in rows}
 
     def cache_queries(self, model_ref: int, vectors: dict[str, np.ndarray], keep: int) -> bool:
         """Remember query embeddings, keeping the ``keep`` most recent per model. A cache: skipped
-        (False) rather than waited for when a writer holds the catalog."""
+        (False) rather than waited for when a writer holds the catalog, or on a read-only library."""
+        if self.read_only:
+            log.info("read-only library: query embeddings not cached")
+            return False
         try:
             with self.engine.execution_options(write=True).connect() as conn:
                 raw = conn.connection.driver_connection
@@ -474,6 +630,43 @@ class Catalog:
             found = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE name = 'embeddings'").first()
             conn.rollback()
         return found is not None
+
+
+def _same_file(query: str, stored: str) -> bool:
+    """Whether a query path names the stored file: False when the query names no file, True when
+    only the stored one is gone (it is still that image's row)."""
+    try:
+        return os.path.samefile(query, stored)
+    except OSError:
+        return os.path.exists(query)
+
+
+def _read_only_engine(path: Path) -> Engine:
+    """An engine over SQLite's read-only open of a catalog: ``mode=ro``, and ``immutable=1`` when
+    no -wal/-shm file exists (nothing can be writing it: SQLite then needs no lock files, which a
+    read-only folder could not hold). A URI by ``creator``, so the path is escaped exactly."""
+    import sqlite3
+    from urllib.parse import quote
+
+    wal = any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm"))
+    uri = f"file:{quote(as_bytes(str(path)))}?mode=ro" + ("" if wal else "&immutable=1")
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+    return create_engine(URL.create("sqlite", database=str(path)), creator=connect)
+
+
+#: Values per SQL ``IN (...)`` list: each is a host parameter, and SQLite builds before 3.32 (and
+#: some distributions' since) allow only 999 of them in a statement (stock builds: 32,766).
+IN_CHUNK = 900
+
+
+def chunked(values: Any, size: int = IN_CHUNK) -> Iterator[list]:
+    """``values`` (any iterable) as lists of at most ``size``, for SQL ``IN`` lists."""
+    values = list(values)
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 def join_path(root: str, relpath: str) -> str:

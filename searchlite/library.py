@@ -69,6 +69,7 @@ class Library:
         if self.catalog.has_legacy_vectors():
             from searchlite.store.migrate import move_legacy_vectors
 
+            self.catalog.require_writable("the upgrade of its pre-v3 vectors")
             move_legacy_vectors(self.catalog)
 
     # -- models ------------------------------------------------------------------------------------
@@ -93,7 +94,8 @@ class Library:
         parsed = parse_spec(spec)
         for row in self.catalog.models():
             if same_model(row.model_id, parsed.model_id):
-                if row.spec != parsed.canonical and stored_spec_missing(row.spec) is not None:
+                if row.spec != parsed.canonical and stored_spec_missing(row.spec) is not None \
+                        and not self.catalog.read_only:
                     row = self.catalog.update_model(row.id, spec=parsed.canonical)
                 return row
         return None
@@ -147,6 +149,7 @@ class Library:
         """Incrementally index folders (or URIs) with one or more models (default: the models that
         have indexed this library, else the default model). ``engine="ray"`` runs decoding and
         embedding on Ray Data (``workers`` = model actors there)."""
+        self.catalog.require_writable("index")
         if engine not in ("local", "ray"):
             raise QueryError(f"unknown engine {engine!r}; choose local or ray")
         if models:
@@ -175,6 +178,7 @@ class Library:
 
     def reindex(self, model: str | None = None, index_type: str = "auto") -> str:
         """Rebuild a model's index segments from its stored vectors (no re-embedding)."""
+        self.catalog.require_writable("reindex")
         row = self.model_row(model)
         if index_type not in INDEX_TYPES:
             raise QueryError(f"--index must be one of {', '.join(INDEX_TYPES)}")
@@ -185,6 +189,7 @@ class Library:
 
     def compact(self, model: str | None = None) -> dict[str, str]:
         """Fold the exact tail into segments, merge deltas and drop deleted vectors from segments."""
+        self.catalog.require_writable("compact")
         rows = [self.model_row(model)] if model else self.catalog.models(indexed_only=True)
         out = {}
         with library_lock(self.path, "compact"):
@@ -199,6 +204,7 @@ class Library:
         """Import vectors computed elsewhere from Parquet (see :mod:`searchlite.interchange`)."""
         from searchlite.interchange import import_parquet
 
+        self.catalog.require_writable("import")
         emb = self.embedder(model)
         with library_lock(self.path, "import"):
             row = self.register(model, emb, indexed=True, index_type=index_type)
@@ -226,6 +232,9 @@ class Library:
         """Keep re-scoring vectors for next time when no writer holds the library (a cache:
         it never makes the model 'indexed'). Returns whether they were stored."""
         if not vectors:
+            return False
+        if self.catalog.read_only:
+            log.info("read-only library: re-scoring vectors not cached")
             return False
         with try_library_lock(self.path) as locked:
             if not locked:

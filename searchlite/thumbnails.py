@@ -2,8 +2,10 @@
 cached in the library (``thumbnails/<size>/<id>-<content key>.jpg``); a changed image gets a new
 key, so its thumbnail is regenerated and the stale one removed.
 
-Files are found only through the catalog (by image id), only inside their root (a symlink that
-leads out of an indexed folder is never read or served), and only when the name, and the name of
+Files are found only through the catalog (by image id), only inside their root (the rule of
+:func:`searchlite.paths.real_file_inside`: a symlinked folder the scan followed is served, a
+symlink that leads out of its folder never is; a read-only library's thumbnails are made in a
+private temporary folder), and only when the name, and the name of
 the file a symlink leads to, has an image extension (a Parquet import cannot expose other files).
 """
 
@@ -30,13 +32,12 @@ def servable_path(lib, image_id: int) -> tuple[object, Path]:
     row, path = found
     if row.status != "ok" or "://" in path:
         raise NotServable(f"image {image_id} cannot be served")
-    root = lib.catalog.roots().get(row.root_id)
-    try:
-        real, real_root = Path(path).resolve(strict=True), Path(root).resolve(strict=True)
-    except (OSError, RuntimeError) as exc:
-        raise NotServable(f"image {image_id} is not on disk") from exc
-    if not real.is_relative_to(real_root) or not real.is_file():
-        raise NotServable(f"image {image_id} lies outside its indexed folder")
+    from searchlite.paths import real_file_inside
+
+    real = real_file_inside(lib.catalog.roots().get(row.root_id), row.relpath)  # the one rule (paths.py)
+    if real is None:
+        raise NotServable(f"image {image_id} is not on disk" if not os.path.exists(path)
+                          else f"image {image_id} lies outside its indexed folder")
     if not (is_image_name(path) and is_image_name(str(real))):
         raise NotServable(f"image {image_id} is not an image file (by its name)")
     return row, real
@@ -61,6 +62,17 @@ def thumbnail(lib, image_id: int, size: int = 256) -> Path:
     target = folder / f"{image_id}-{key}.jpg"
     if target.is_file():
         return target
+    if getattr(lib.catalog, "read_only", False):  # never write into a read-only library
+        import hashlib
+        import logging
+
+        logging.getLogger(__name__).info("read-only library: thumbnail %s made outside it", image_id)
+        private = Path(tempfile.gettempdir()) / f"searchlite-{os.getuid()}-thumbnails"
+        private.mkdir(mode=0o700, exist_ok=True)
+        folder = private / hashlib.sha256(os.fsencode(str(lib.path))).hexdigest()[:16] / str(size)
+        target = folder / f"{image_id}-{key}.jpg"
+        if target.is_file():
+            return target
     image = load_image(real, target_size=(size, size)).image
     image.thumbnail((size, size))
     folder.mkdir(parents=True, exist_ok=True)

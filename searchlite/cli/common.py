@@ -200,7 +200,7 @@ def parse_filters(folder: Path | None, glob: str | None, after: str | None, befo
         except ValueError as exc:
             raise typer.BadParameter(f"not an ISO date: {s} (e.g. 2023-07-01)") from exc
 
-    return Filters(glob=glob, folder=folder.expanduser().resolve() if folder else None, after=date(after),
+    return Filters(glob=glob, folder=Path(os.path.abspath(folder.expanduser())) if folder else None, after=date(after),
                    before=date(before), min_width=min_width, min_height=min_height, formats=tuple(fmt or ()))
 
 

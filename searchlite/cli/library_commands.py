@@ -28,6 +28,7 @@ from searchlite.cli.common import (
     Progress,
     ServeOpt,
     app,
+    escape_path,
     open_library,
     parse_filters,
     print_results,
@@ -176,7 +177,7 @@ def similar(
 ) -> None:
     """Image-to-image search."""
     filters = parse_filters(folder, glob, after, before, min_width, min_height, fmt)
-    results = remote(library, "similar", {"image": str(image.expanduser().resolve()), "model": model, "k": k,
+    results = remote(library, "similar", {"image": os.path.abspath(image.expanduser()), "model": model, "k": k,
                                            "min_prob": min_prob, "filters": filters.to_json()}, start=serve)
     if results is None:
         results = open_library(library, device).similar(image, model, k, min_prob=min_prob, filters=filters)
@@ -247,7 +248,7 @@ def status(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
         return
     print(f"library: {info['library']}")
     for root in info["roots"]:
-        print(f"  root: {root}")
+        print(f"  root: {escape_path(root)}")
     print("images: " + ", ".join(f"{k} {v}" for k, v in sorted(info["images"].items())) if info["images"]
           else "images: none")
     for m in info["models"]:
@@ -272,7 +273,7 @@ def errors(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
     if not rows:
         print("no errors")
     for path, err in rows:
-        print(f"{path}\t{err}")
+        print(f"{escape_path(path)}\t{err}")
 
 
 @app.command()

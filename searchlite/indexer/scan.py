@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import and_, func, insert, select, text, update
+from sqlalchemy import Integer, LargeBinary, String, and_, case, cast, func, insert, literal, select, text, update
 from sqlalchemy.engine import Connection
 
-from searchlite.catalog import Catalog, ImageRow, Root
+from searchlite.catalog import Catalog, FsPath, ImageRow, Root, chunked
 from searchlite.errors import LibraryError
 from searchlite.imaging import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from searchlite.paths import as_bytes, to_db
 from searchlite.rawphoto import RAW_EXTENSIONS
 
 SCAN_CHUNK = 2000
@@ -103,9 +104,9 @@ def walk(root: Path, include_hidden: bool = False, raw_pairs: str = "prefer-jpeg
             if entry.name not in keep:
                 continue
             rel = Path(entry.path).relative_to(root).as_posix()
-            companion = companions.get(entry.name)
-            companion = (Path(entry.path).parent / companion).relative_to(root).as_posix() if companion else None
             try:
+                companion = companions.get(entry.name)
+                companion = (Path(entry.path).parent / companion).relative_to(root).as_posix() if companion else None
                 stat = entry.stat(follow_symlinks=True)
             except FileNotFoundError:
                 yield FileEntry(rel, -1, 0, "dangling symlink" if entry.is_symlink() else "file vanished")
@@ -113,14 +114,21 @@ def walk(root: Path, include_hidden: bool = False, raw_pairs: str = "prefer-jpeg
             except OSError as exc:
                 yield FileEntry(rel, -1, 0, f"cannot stat: {exc.strerror or exc}")
                 continue
+            except Exception as exc:  # noqa: BLE001 - one odd entry is that file's error, never the run's
+                yield FileEntry(rel, -1, 0, f"cannot scan: {type(exc).__name__}: {exc}")
+                continue
             yield FileEntry(rel, stat.st_size, stat.st_mtime_ns, companion=companion)
         stack.extend(reversed(subdirs))
 
 
 def under(root_id: int, prefix: str):
-    """SQL condition: images of a root, inside a sub-folder prefix ('' = the whole root)."""
+    """SQL condition: images of a root, inside a sub-folder prefix ('' = the whole root). Compared
+    as bytes, so names stored as BLOBs (not UTF-8, see :mod:`searchlite.paths`) match too."""
     cond = ImageRow.root_id == root_id
-    return and_(cond, func.substr(ImageRow.relpath, 1, len(prefix)) == prefix) if prefix else cond
+    if not prefix:
+        return cond
+    raw = as_bytes(prefix)
+    return and_(cond, func.substr(cast(ImageRow.relpath, LargeBinary), 1, len(raw)) == literal(raw, LargeBinary))
 
 
 class ScanTable:
@@ -150,9 +158,9 @@ class ScanTable:
         """Classify a chunk of files against the catalog; writes rows only for new and unreadable files."""
         conn = self.conn
         rel = [e.relpath for e in entries]
-        existing = {r.relpath: r for r in conn.execute(
+        existing = {r.relpath: r for part in chunked(rel) for r in conn.execute(  # SCAN_CHUNK > 999 parameters
             select(ImageRow.id, ImageRow.relpath, ImageRow.size, ImageRow.mtime_ns, ImageRow.status, ImageRow.error,
-                   ImageRow.companion).where(ImageRow.root_id == root_id, ImageRow.relpath.in_(rel)))}
+                   ImageRow.companion).where(ImageRow.root_id == root_id, ImageRow.relpath.in_(part)))}
         scanned, fresh = [], []
         for e in entries:
             row = existing.get(e.relpath)
@@ -180,14 +188,14 @@ class ScanTable:
                 conn.execute(update(ImageRow).where(ImageRow.id == row.id).values(companion=e.companion))
         if fresh:
             conn.execute(insert(ImageRow), fresh)
-            ids = dict(conn.execute(select(ImageRow.relpath, ImageRow.id).where(
-                ImageRow.root_id == root_id, ImageRow.relpath.in_([f["relpath"] for f in fresh]))).tuples().all())
+            ids = {rel: i for part in chunked(f["relpath"] for f in fresh) for rel, i in conn.execute(
+                select(ImageRow.relpath, ImageRow.id).where(ImageRow.root_id == root_id, ImageRow.relpath.in_(part)))}
             scanned = [(e, image_id if image_id is not None else ids.get(e.relpath), state)
                        for e, image_id, state in scanned]
         conn.execute(text("INSERT OR REPLACE INTO temp.scan VALUES (:root_id, :relpath, :size, :mtime_ns, "
                           ":image_id, :state)"),
-                     [dict(root_id=root_id, relpath=e.relpath, size=e.size, mtime_ns=e.mtime_ns, image_id=image_id,
-                           state=state) for e, image_id, state in scanned])
+                     [dict(root_id=root_id, relpath=to_db(e.relpath), size=e.size, mtime_ns=e.mtime_ns,
+                           image_id=image_id, state=state) for e, image_id, state in scanned])
         conn.commit()
 
     @staticmethod
@@ -226,7 +234,9 @@ class ScanTable:
             "SELECT s.image_id, s.state, s.size, s.mtime_ns, i.sha256, i.relpath, i.root_id FROM temp.scan s "
             "JOIN images i ON i.id = s.image_id WHERE s.image_id > :after AND s.state != 'error' "
             "AND NOT (s.state = 'same' AND i.status = 'error') "
-            "ORDER BY s.image_id LIMIT :limit"), {"after": after_id, "limit": limit}).all()
+            "ORDER BY s.image_id LIMIT :limit").columns(
+                image_id=Integer, state=String, size=Integer, mtime_ns=Integer, sha256=String, relpath=FsPath,
+                root_id=Integer), {"after": after_id, "limit": limit}).all()
         self.conn.rollback()
         return rows
 
@@ -290,6 +300,16 @@ def walk_uri(uri: str, include_hidden: bool = False, raw_pairs: str = "prefer-jp
             yield FileEntry(prefix + name, info.size, info.mtime_ns or 0, companion=companion)
 
 
+def _prefixed(prefix: str, column):
+    """SQL: ``prefix + column`` keeping the storage rule of :mod:`searchlite.paths` (the result
+    is a BLOB of exact bytes when either part is not UTF-8, else TEXT)."""
+    raw = literal(as_bytes(prefix), LargeBinary)
+    as_blob = cast(raw.op("||")(cast(column, LargeBinary)), LargeBinary)
+    if isinstance(to_db(prefix), bytes):
+        return case((column.is_(None), None), else_=as_blob)
+    return case((func.typeof(column) == "blob", as_blob), else_=literal(prefix, String).op("||")(column))
+
+
 def resolve_root(catalog: Catalog, folder: str) -> tuple[int, str]:
     """The catalog root for a folder (or URI) and the relpath prefix of the folder inside it.
 
@@ -313,6 +333,7 @@ def resolve_root(catalog: Catalog, folder: str) -> tuple[int, str]:
             if path != folder and path.is_relative_to(folder):
                 prefix = path.relative_to(folder).as_posix() + "/"
                 s.execute(update(ImageRow).where(ImageRow.root_id == child_id).values(
-                    root_id=root_id, relpath=prefix + ImageRow.relpath))
+                    root_id=root_id, relpath=_prefixed(prefix, ImageRow.relpath),
+                    companion=_prefixed(prefix, ImageRow.companion)))
                 s.execute(Root.__table__.delete().where(Root.id == child_id))
         return root_id, ""

@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from searchlite import Filters, QueryError, SearchliteError, SearchResult
+from searchlite.paths import printable
 from searchlite.thumbnails import NotServable, servable_path, thumbnail
 from searchlite.web import HostCheck
 
@@ -217,6 +218,9 @@ def _result(r: SearchResult) -> dict:
     d.pop("raw", None)  # a RAW companion's path is shown, not served
     if r.extra.get("raw"):
         d["raw_path"] = r.extra["raw"]
+    for key in ("path", "raw_path"):  # a name that is not UTF-8 is shown escaped (\xff): JSON is UTF-8
+        if isinstance(d.get(key), str):
+            d[key] = printable(d[key])
     return d
 
 
@@ -335,7 +339,9 @@ def create_app(lib: Any, token: str | None = None, *, bound_host: str | None = N
     @app.get("/api/status")
     def status() -> dict:
         with lib.lock:
-            return lib.status()
+            info = lib.status()
+        info["roots"] = [printable(root) for root in info.get("roots", [])]
+        return info
 
     @app.get("/")
     def page() -> FileResponse:

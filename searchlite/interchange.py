@@ -24,11 +24,14 @@ before a column existed still import. Import reads streaming (one record batch a
 L2-normalises, and commits each batch the way an index run does (store rows fsynced, then one
 catalog transaction). A path already in the library gets its vector for this model replaced.
 Bad rows are counted and skipped: among them paths without an image extension (the server would
-never serve such a file, and an import must not make one reachable).
+never serve such a file, and an import must not make one reachable). A root an import makes from
+a file's parent folder (no --root, and no known root contains the file) is recorded: the web
+server serves nothing under it until that folder is indexed or named with ``import --root``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -40,7 +43,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, insert, select
 
-from searchlite.catalog import Catalog, ImageRow, ModelRow, Root, VectorRow, join_path, utcnow
+from searchlite.catalog import Catalog, ImageRow, Meta, ModelRow, Root, VectorRow, join_path, utcnow
 from searchlite.errors import LibraryError
 from searchlite.store import VectorStore, VectorWriter
 from searchlite.store.builder import SegmentBuilder
@@ -53,6 +56,9 @@ PART_ROWS = 1_000_000
 OPTIONAL = ("sha256", "size", "mtime_ns", "width", "height", "taken_at", "taken_offset", "taken_source", "format",
             "companion", "camera")
 MAX_PROBLEMS = 100
+#: catalog meta key: the roots an import made from a file's parent folder (no --root, no known
+#: root). The web server serves nothing under them until that folder is indexed or named with --root.
+IMPORTED_ROOTS = "imported_parent_roots"
 
 
 def _files(source: Path) -> list[Path]:
@@ -137,6 +143,7 @@ class _Roots:
         self.catalog = catalog
         self.root = root.rstrip("/") if root and root != "/" else root
         self.folders: dict[str, tuple[int, str]] = {}  # folder -> (root id, relpath prefix)
+        self.parents: set[str] = set()  # roots made from a parent folder in this batch (not yet recorded)
 
     def __call__(self, s, path: str) -> tuple[int, str]:
         folder, _, name = path.rpartition("/")
@@ -149,8 +156,35 @@ class _Roots:
                 base = self.root if self.root and path.startswith(self.root + "/") else folder
                 prefix = path[len(base) + 1:len(path) - len(name)]
                 known = (self.catalog.root_id(s, base), prefix)
+                if base != self.root:
+                    self.parents.add(base)
             self.folders[folder] = known
         return known[0], known[1] + name
+
+
+def imported_roots(catalog: Catalog, s=None) -> set[str]:
+    """Roots an import made from a parent folder that no `index` or `import --root` has claimed since."""
+    if s is None:
+        with catalog.Session() as s:
+            return imported_roots(catalog, s)
+    row = s.get(Meta, IMPORTED_ROOTS)
+    return set(json.loads(row.value)) if row is not None else set()
+
+
+def claim_roots(catalog: Catalog, folders: list[str | Path]) -> None:
+    """Folders that were indexed or named with ``import --root``: roots at or under them are the
+    user's own again (the server serves their images)."""
+    marked = imported_roots(catalog)
+    if not marked:
+        return
+    names: set[str] = set()
+    for folder in map(str, folders):
+        local = os.path.expanduser(folder)
+        names |= {folder.rstrip("/")} if "://" in folder else {os.path.abspath(local), os.path.realpath(local)}
+    kept = {r for r in marked if not any(r == n or r.startswith(n.rstrip("/") + "/") for n in names)}
+    if kept != marked:
+        with catalog.WriteSession.begin() as s:
+            s.merge(Meta(key=IMPORTED_ROOTS, value=json.dumps(sorted(kept))))
 
 
 def import_parquet(catalog: Catalog, model: ModelRow, source: str | Path,
@@ -165,6 +199,8 @@ def import_parquet(catalog: Catalog, model: ModelRow, source: str | Path,
     total = sum(r.metadata.num_rows for _, r in readers)
     writer = VectorWriter(catalog, [model])
     roots = _Roots(catalog, root)
+    if root:
+        claim_roots(catalog, [root])
     summary: dict[str, Any] = {"rows": 0, "imported": 0, "added": 0, "replaced": 0, "skipped": 0, "problems": []}
     for f, reader in readers:
         for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=columns[f]):
@@ -222,6 +258,9 @@ def _upsert_images(s, roots: _Roots, keep: dict[str, int], data: dict) -> list[i
     """Image ids for the kept paths (in order): existing rows are updated, new ones inserted."""
     now = utcnow()
     located = [roots(s, path) for path in keep]
+    if roots.parents:  # recorded in the transaction that creates them
+        s.merge(Meta(key=IMPORTED_ROOTS, value=json.dumps(sorted(imported_roots(roots.catalog, s) | roots.parents))))
+        roots.parents.clear()
     rows = []
     for path, (root_id, relpath), i in zip(keep, located, keep.values()):
         fields = {key: data[key][i] for key in ("sha256", "size", "mtime_ns", "width", "height") if key in data}

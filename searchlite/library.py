@@ -172,6 +172,9 @@ class Library:
         else:
             indexer = Indexer(self.catalog, pairs, workers=workers, **common)
         stats = indexer.run(list(paths), progress=progress)
+        from searchlite.interchange import claim_roots
+
+        claim_roots(self.catalog, list(paths))  # a folder imported from is the user's own once indexed
         for row, emb in pairs:  # the model is loaded now: the cheapest moment for the one-time export
             self.export_text(row, emb)
         return stats

@@ -6,7 +6,9 @@ Files are found only through the catalog (by image id), only inside their root (
 :func:`searchlite.paths.real_file_inside`: a symlinked folder the scan followed is served, a
 symlink that leads out of its folder never is; a read-only library's thumbnails are made in a
 private temporary folder), and only when the name, and the name of
-the file a symlink leads to, has an image extension (a Parquet import cannot expose other files).
+the file a symlink leads to, has an image extension (a Parquet import cannot expose other files),
+and not under a root an import made from a file's parent folder until that folder is indexed or
+named with ``import --root``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ def servable_path(lib, image_id: int) -> tuple[object, Path]:
     row, path = found
     if row.status != "ok" or "://" in path:
         raise NotServable(f"image {image_id} cannot be served")
+    from searchlite.interchange import imported_roots
+
+    if lib.catalog.roots().get(row.root_id) in imported_roots(lib.catalog):
+        raise NotServable(f"image {image_id} was imported from outside every indexed folder (index its folder, "
+                          "or import with --root, to serve it)")
     from searchlite.paths import real_file_inside
 
     real = real_file_inside(lib.catalog.roots().get(row.root_id), row.relpath)  # the one rule (paths.py)

@@ -225,21 +225,23 @@ def test_import_skips_non_image_paths_and_the_server_serves_only_image_names(tmp
     from sqlalchemy import update
 
     from searchlite.catalog import ImageRow
+    from searchlite.models.registry import load_embedder
 
     _, photos, _, _ = site
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
     (home / "notes.txt").write_text("secret")
-    good = sorted(photos.glob("*.png"))[0]
-    lib = Library(tmp_path / "lib", device="cpu")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    good = elsewhere / "good.png"
+    shutil.copy(sorted(photos.glob("*.png"))[0], good)
     paths = [str(home / ".ssh" / "id_rsa"), str(home / "notes.txt"), str(home / "clip.mp4"), str(good)]
-    from searchlite.models.registry import load_embedder
-
     dim = load_embedder("demo", device="cpu").dim
     vec = np.ones(dim, np.float32) / np.sqrt(dim)
     vectors = pa.array([vec.tolist()] * len(paths), pa.list_(pa.float32()))
     pq.write_table(pa.table({"path": paths, "vector": vectors}), tmp_path / "v.parquet")
+    lib = Library(tmp_path / "lib", device="cpu")
     summary = lib.import_vectors(tmp_path / "v.parquet", "demo")
     assert summary["imported"] == 1 and summary["skipped"] == 3
     assert sum("no image file extension" in p for p in summary["problems"]) == 3
@@ -247,21 +249,27 @@ def test_import_skips_non_image_paths_and_the_server_serves_only_image_names(tmp
     assert str(home / ".ssh") not in lib.catalog.roots().values()
     client = TestClient(create_app(lib), base_url=BASE)
     (image_id,) = [r["id"] for r in client.get("/api/search", params={"q": "x"}).json()["results"]]
+    # its root is the file's parent folder, made by the import: not served until the user indexes it
+    refused = client.get(f"/api/image/{image_id}")
+    assert refused.status_code == 404 and "imported from outside" in refused.json()["error"]
+    lib.index([elsewhere])
     assert client.get(f"/api/image/{image_id}").content == good.read_bytes()
+    # named with import --root, it is served at once
+    named = Library(tmp_path / "named", device="cpu")
+    named.import_vectors(tmp_path / "v.parquet", "demo", root=str(elsewhere))
+    named_client = TestClient(create_app(named), base_url=BASE)
+    (named_id,) = [r["id"] for r in named_client.get("/api/search", params={"q": "x"}).json()["results"]]
+    assert named_client.get(f"/api/image/{named_id}").content == good.read_bytes()
     # a row that names a non-image file (an older import, a hand-edited catalog) is never served,
     # nor is an image name that is a symlink to one
-    shutil.copy(home / "notes.txt", good.parent / "notes.txt")
-    os.symlink(good.parent / "notes.txt", good.parent / "notes-link.png")
-    try:
-        for relpath in ("notes.txt", "notes-link.png"):
-            with lib.catalog.WriteSession.begin() as s:
-                s.execute(update(ImageRow).where(ImageRow.id == image_id).values(relpath=relpath))
-            for url in (f"/api/image/{image_id}", f"/api/thumbnail/{image_id}"):
-                response = client.get(url)
-                assert response.status_code == 404 and "secret" not in response.text
-    finally:
-        (good.parent / "notes-link.png").unlink()
-        (good.parent / "notes.txt").unlink()
+    shutil.copy(home / "notes.txt", elsewhere / "notes.txt")
+    os.symlink(elsewhere / "notes.txt", elsewhere / "notes-link.png")
+    for relpath in ("notes.txt", "notes-link.png"):
+        with lib.catalog.WriteSession.begin() as s:
+            s.execute(update(ImageRow).where(ImageRow.id == image_id).values(relpath=relpath))
+        for url in (f"/api/image/{image_id}", f"/api/thumbnail/{image_id}"):
+            response = client.get(url)
+            assert response.status_code == 404 and "secret" not in response.text
 
 
 # -- 16: the same filters on every search endpoint ------------------------------------------------------

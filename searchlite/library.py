@@ -27,6 +27,7 @@ from searchlite.locking import library_lock, try_library_lock
 from searchlite.models.base import Embedder
 from searchlite.models.light import EXPORT_VERSION
 from searchlite.models.registry import load_embedder, parse_spec, same_model, stored_spec_missing
+from searchlite.models.zoo import query_template
 from searchlite.query import Filters, SearchResult, check_template, search_vectors
 from searchlite.store import ModelIndex, VectorWriter
 from searchlite.store.builder import SegmentBuilder
@@ -123,6 +124,7 @@ class Library:
         if row is None:
             return self.catalog.add_model(model_id=emb.model_id, spec=canonical, dim=emb.dim, family=emb.family,
                                           scale=emb.score.scale, bias=emb.score.bias, template=emb.template,
+                                          probability=probability_rule(emb),
                                           index_type=index_type or "auto", indexed=indexed)
         changes: dict[str, Any] = {}
         if indexed and not row.indexed:
@@ -221,6 +223,30 @@ class Library:
 
         row = self.model_row(model)
         return export_parquet(self.catalog, row, self.model_index(row).store, Path(out))
+
+    # -- housekeeping (searchlite.duplicates, searchlite.watch) ----------------------------------------
+    def duplicates(self, model: str | None = None, threshold: float | None = None, *,
+                   filters: Filters | None = None, move_to: str | Path | None = None) -> tuple[list, Any]:
+        """Exact and near-duplicate groups (see :mod:`searchlite.duplicates`), largest first, each
+        with its suggested keeper first; read-only unless ``move_to``, which moves every non-keeper
+        there (under the writer lock) and records the moves. Returns (groups, MoveReport or None)."""
+        from searchlite.duplicates import default_threshold, find_duplicates, move_duplicates
+
+        row = self.model_row(model)
+        cos = default_threshold(row.spec) if threshold is None else float(threshold)
+        if move_to is None:
+            return find_duplicates(self.catalog, row, self.model_index(row), cos, filters), None
+        self.catalog.require_writable("duplicates --move-to")
+        with library_lock(self.path, "duplicates --move-to"):
+            groups = find_duplicates(self.catalog, row, self.model_index(row), cos, filters)
+            return groups, move_duplicates(self.catalog, groups, Path(move_to))
+
+    def watch(self, roots: Sequence[str | Path], models: Sequence[str] = (), **kwargs: Any) -> Any:
+        """Keep the library current with its folders in a background thread (see
+        :func:`searchlite.watch.start_watching`); returns the running watcher (``.stop()``)."""
+        from searchlite.watch import start_watching
+
+        return start_watching(self, roots, models, **kwargs)
 
     # -- vectors of images -----------------------------------------------------------------------
     def stored_vectors(self, row: ModelRow, image_ids: Sequence[int]) -> dict[int, np.ndarray]:
@@ -323,9 +349,15 @@ class Library:
         return meta
 
     # -- queries -------------------------------------------------------------------------------------
-    def text_vectors(self, row: ModelRow, texts: Sequence[str]) -> np.ndarray:
-        """Embeddings of already-templated texts under a model."""
-        return self.text_encoder(row).embed_texts(list(texts))
+    def text_vectors(self, row: ModelRow, texts: Sequence[str], lang: str | None = None) -> np.ndarray:
+        """Embeddings of already-templated texts under a model; ``lang``: the language code a model
+        such as nllb-clip puts in front of the text (None: the model's default)."""
+        encoder = self.text_encoder(row)
+        if lang is None:
+            return encoder.embed_texts(list(texts))
+        if getattr(encoder, "default_lang", None) is None:
+            raise QueryError(f"model {row.spec} takes no language code (got --lang {lang})")
+        return encoder.embed_texts(list(texts), lang=lang)
 
     def _cached_query_vectors(self, row: ModelRow, keys: list[str], compute: Callable[[list[int]], np.ndarray],
                               ) -> np.ndarray:
@@ -338,18 +370,20 @@ class Library:
         return np.stack([found[key] for key in keys])
 
     def query_vector(self, text: str, row: ModelRow, template: str | None = None, ensemble: bool = False,
-                     cwd: str | Path | None = None, files: bool = True) -> tuple[np.ndarray, set[int]]:
+                     cwd: str | Path | None = None, files: bool = True,
+                     lang: str | None = None) -> tuple[np.ndarray, set[int]]:
         """The vector of a (possibly combined) query, and the ids of library images used as terms."""
-        template = check_template(template) or row.template
+        template = check_template(template)  # None: the model's template for each term's language
         own_ids: set[int] = set()
+        tag = f"{lang}\x1f" if lang else ""  # a language asked for is part of the cache key
 
         def texts(values: list[str]) -> np.ndarray:
             if ensemble:
-                return self._cached_query_vectors(row, [f"ensemble\x1f{v}" for v in values], lambda todo: np.stack(
-                    [ensemble_text_vector(lambda t: self.text_vectors(row, t), values[i]) for i in todo]))
-            prompts = [template.format(v) for v in values]
-            return self._cached_query_vectors(row, [f"text\x1f{p}" for p in prompts],
-                                              lambda todo: self.text_vectors(row, [prompts[i] for i in todo]))
+                return self._cached_query_vectors(row, [f"ensemble\x1f{tag}{v}" for v in values], lambda todo: np.stack(
+                    [ensemble_text_vector(lambda t: self.text_vectors(row, t, lang), values[i]) for i in todo]))
+            prompts = [(template or query_template(row.spec, row.family, row.template, v)).format(v) for v in values]
+            return self._cached_query_vectors(row, [f"text\x1f{tag}{p}" for p in prompts],
+                                              lambda todo: self.text_vectors(row, [prompts[i] for i in todo], lang))
 
         def image(path: str) -> np.ndarray:
             vec, own = self.image_vector(path, row)
@@ -362,16 +396,17 @@ class Library:
     def search(self, text: str, model: str | None = None, k: int = 20, *, offset: int = 0,
                template: str | None = None, filters: Filters | None = None, min_prob: float | None = None,
                sort: str = "relevance", ensemble: bool = False, cwd: str | Path | None = None,
-               files: bool = True) -> list[SearchResult]:
+               files: bool = True, lang: str | None = None) -> list[SearchResult]:
         """Text-to-image search; the text is wrapped in the model's prompt template. Combined
         queries ("beach + sunset - people", "2:cat + dog", "./photo.jpg + snow") are supported;
         ``ensemble`` averages the 80 OpenAI ImageNet templates (CLIP) instead of one template;
-        ``files=False`` treats every term as text (queries that come from the network)."""
+        ``files=False`` treats every term as text (queries that come from the network); ``lang``:
+        the query's language code for models that take one (nllb-clip: FLORES-200, e.g. zho_Hans)."""
         if not text.strip():
             raise QueryError("empty query")
         _check_page(k, offset)
         row = self.model_row(model)
-        query, own_ids = self.query_vector(text, row, template, ensemble, cwd, files)
+        query, own_ids = self.query_vector(text, row, template, ensemble, cwd, files, lang=lang)
         return search_vectors(self.catalog, row, self.model_index(row), query, k, filters, exclude_images=own_ids,
                               min_prob=min_prob, sort=sort, offset=offset)
 
@@ -456,6 +491,45 @@ class Library:
     def image(self, image_id: int) -> tuple[Any, str] | None:
         """(catalog row, absolute path) of an image id, or None."""
         return self.catalog.image(image_id)
+
+
+def zoo_listing(library: str | Path | None = None) -> list[dict]:
+    """The model zoo as a list of objects (``alias``, ``spec``, ``family``, ``languages``, ``dim``,
+    ``license``, ``params``, ``indexed``, ``default``, ...), with ``indexed`` true for the models that
+    have indexed the library; models of the library the zoo does not list follow (alias None).
+    Reads the library only if it exists (never creates one)."""
+    from searchlite.errors import SearchliteError
+    from searchlite.models.zoo import entries
+
+    rows: list[ModelRow] = []
+    try:
+        rows = Library(library, create=False).catalog.models(indexed_only=True)
+    except SearchliteError:
+        pass  # no library there: nothing is indexed
+    claimed: set[int] = set()
+    out = []
+    for alias, entry in entries().items():
+        try:
+            model_id = parse_spec(alias).model_id
+        except ModelLoadError:
+            model_id = None
+        mine = [r for r in rows if model_id is not None and same_model(r.model_id, model_id)]
+        claimed.update(r.id for r in mine)
+        out.append({**entry.as_dict(), "indexed": bool(mine), "default": alias == DEFAULT_MODEL})
+    for r in rows:
+        if r.id not in claimed:
+            out.append({"alias": None, "spec": r.spec, "family": r.family, "languages": [], "dim": r.dim,
+                        "license": "?", "params": None, "templates": [r.template], "text": {}, "defaults": {},
+                        "description": "", "lang": None, "indexed": True, "default": False})
+    return out
+
+
+def probability_rule(emb: Embedder) -> str:
+    """How a model's scores become probabilities: its own sigmoid ("sigmoid") or a Platt fit ("platt")."""
+    rule = getattr(emb, "probability", None)
+    if rule in ("sigmoid", "platt"):
+        return rule
+    return "sigmoid" if emb.score.bias != 0.0 else "platt"
 
 
 def _check_page(k: int, offset: int) -> None:

@@ -132,9 +132,13 @@ def test_index_and_search_in_three_languages_through_the_cli_and_the_light_path(
     model = AutoModel.from_pretrained(folder).eval()
     ref_img, _, _ = _reference(folder, family, [_reference_image(p) for p in paths], ["x"])
     by_path = {str(p): v for p, v in zip(paths, ref_img)}
-    template = "This is a photo of {}." if family.startswith("siglip") else "一张{}的照片。"
     for query in QUERIES[:3]:
-        _, ref_txt, _ = _reference(folder, family, [_reference_image(paths[0])], [template.format(query)])
+        # the template rule (README): a multilingual model embeds a query in a non-Latin script as it
+        # is; Latin script gets the model's template; Chinese-CLIP uses its Chinese template for all
+        cjk = any(ord(c) > 0x2E80 for c in query)
+        prompt = "一张{}的照片。".format(query) if family == "chinese_clip" else query if cjk \
+            else f"This is a photo of {query}."
+        _, ref_txt, _ = _reference(folder, family, [_reference_image(paths[0])], [prompt])
         code = ("import sys, json\nfrom searchlite.cli.main import main\n"
                 f"sys.argv = ['searchlite', 'search', {query!r}, '-L', {str(lib)!r}, '--json', '-k', '5']\n"
                 "try:\n    main()\nfinally:\n"
@@ -191,3 +195,93 @@ def test_every_zoo_alias_parses_and_names_its_family():
         assert parsed.alias == alias and parsed.entry is entry
         if alias != "demo":
             assert parse_spec(entry.spec).alias is not None
+
+
+def test_models_json_lists_the_zoo_and_marks_what_indexed_the_library(tmp_path):
+    from searchlite.models.zoo import entries
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    lib = tmp_path / "lib"
+    before = _cli("models", "--json", "-L", str(lib))
+    assert before.returncode == 0, before.stderr
+    assert not (lib / "catalog.sqlite").exists()  # listing never creates a library
+    listed = json.loads(before.stdout)
+    assert {r["alias"] for r in listed} == set(entries())
+    for r in listed:
+        assert {"alias", "spec", "family", "languages", "dim", "license"} <= set(r)
+        assert not r["indexed"]
+    assert [r["alias"] for r in listed if r["default"]] == ["siglip2-base"]
+    assert _cli("index", str(photos), "--model", "demo", "-L", str(lib)).returncode == 0
+    after = {r["alias"]: r for r in json.loads(_cli("models", "--json", "-L", str(lib)).stdout)}
+    assert after["demo"]["indexed"] and not any(r["indexed"] for a, r in after.items() if a != "demo")
+    text = _cli("models", "-L", str(lib)).stdout
+    assert any(line.startswith("* demo") for line in text.splitlines())
+
+
+def test_bench_on_chinese_and_japanese_captions_equals_brute_force(checkpoints, photos, tmp_path):
+    """`searchlite bench` on captions in Chinese and Japanese: recall@1 and MRR equal a brute-force
+    ranking with the reference model's own embeddings (captions as-is, as bench embeds them)."""
+    folder = checkpoints["chinese_clip"]
+    paths = sorted(photos.iterdir())[:6]
+    captions = ["海滩上的两只狗", "雪中的红色汽车", "一只猫的照片", "日落时的大树", "雪の中の赤い車", "猫の写真"]
+    data = tmp_path / "data"
+    data.mkdir()
+    import shutil
+
+    for p in paths:
+        shutil.copy(p, data / p.name)
+    (data / "captions.jsonl").write_text("\n".join(json.dumps({"image": p.name, "caption": c}, ensure_ascii=False)
+                                                  for p, c in zip(paths, captions)) + "\n", encoding="utf-8")
+    out = _cli("bench", str(data), "--model", f"hf:{folder}", "--precision", "fp32", "-L", str(tmp_path / "bench"),
+               "--json", "-k", "1,5")
+    assert out.returncode == 0, out.stderr
+    got = next(iter(json.loads(out.stdout)["models"].values()))["text_to_image"]
+    ref_img, ref_txt, _ = _reference(folder, "chinese_clip", [_reference_image(data / p.name) for p in paths], captions)
+    sims = ref_txt @ ref_img.T
+    ranks = [int((sims[i] > sims[i, i]).sum()) + 1 for i in range(len(captions))]
+    assert got["recall@1"] == pytest.approx(np.mean([r == 1 for r in ranks]))
+    assert got["mrr"] == pytest.approx(np.mean([1 / r for r in ranks]), abs=1e-6)
+
+
+def test_cjk_queries_over_http_and_through_the_query_cache(checkpoints, photos, tmp_path, monkeypatch):
+    """/api/search with URL-encoded Chinese gives the same ranking as the Python API, and a repeated
+    CJK query is answered from the library's query cache (the encoder is not called again)."""
+    from urllib.parse import quote
+
+    from fastapi.testclient import TestClient
+
+    from searchlite.library import Library
+    from searchlite.web.app import create_app
+
+    monkeypatch.setenv("SEARCHLITE_PRECISION", "fp32")
+    lib = Library(tmp_path / "lib", device="cpu")
+    lib.index([photos], [f"hf:{checkpoints['chinese_clip']}"])
+    expected = [r.image_id for r in lib.search("海滩上的两只狗", k=5)]
+    client = TestClient(create_app(lib, token="t"), base_url="http://127.0.0.1:8765")
+    reply = client.get(f"/api/search?q={quote('海滩上的两只狗')}&k=5", headers={"Authorization": "Bearer t"})
+    assert reply.status_code == 200, reply.text
+    assert [r["id"] for r in reply.json()["results"]] == expected
+    row = lib.model_row()
+    encoder = lib.text_encoder(row)
+    calls = []
+    monkeypatch.setattr(encoder, "embed_texts", lambda texts: calls.append(texts) or np.zeros((len(texts), row.dim)))
+    again = Library(tmp_path / "lib", device="cpu")
+    again._encoders[row.id] = encoder
+    assert [r.image_id for r in again.search("海滩上的两只狗", k=5)] == expected
+    assert calls == []
+
+
+def test_prompt_templates_follow_the_query_script():
+    from searchlite.models.zoo import query_template, script_language
+
+    assert [script_language(t) for t in ("海滩上的狗", "猫の写真", "한국어 사진", "Привет", "a dog", "café", "16:9")] == \
+        ["zh", "ja", "ko", "other", None, None, None]
+    en = "This is a photo of {}."
+    assert query_template("siglip2-base", "siglip2-fixed", en, "a dog") == en
+    assert query_template("siglip2-base", "siglip2-fixed", en, "海滩上的狗") == "{}"  # multilingual: raw
+    assert query_template("siglip-base", "siglip", en, "海滩上的狗") == en  # an English-only model keeps its own
+    assert query_template("chinese-clip", "chinese_clip", "一张{}的照片。", "海滩上的狗") == "一张{}的照片。"

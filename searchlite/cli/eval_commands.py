@@ -140,16 +140,26 @@ app.add_typer(models_app, name="models", rich_help_panel="Benchmarks, calibratio
 
 
 @models_app.callback()
-def models(ctx: typer.Context) -> None:
-    """List the model aliases and spec formats."""
+def models(ctx: typer.Context, library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
+    """List the model zoo (alias, spec, family, languages, dim, licence, size); `*` marks the models
+    that have indexed the library."""
     if ctx.invoked_subcommand is not None:
         return
-    from searchlite.models.registry import DEMO_ALIAS, aliases
+    from searchlite.library import zoo_listing
 
-    for alias, spec in aliases().items():
-        print(f"{alias:12} {spec}")
-    print(f"{DEMO_ALIAS:12} the bundled demo model (searchlite/sample_data/demo-model)")
-    print("\nspecs: hf:<hub id or folder> | openclip:<arch>@<tag or checkpoint file> | openclip:<folder>")
+    rows = zoo_listing(library)
+    if as_json:
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+        return
+    print(f"  {'alias':15} {'family':14} {'languages':10} {'dim':>5} {'params':>7}  {'licence':13} spec")
+    for r in rows:
+        mark = "*" if r["indexed"] else " "
+        size = f"{r['params']:g}M" if r["params"] else "?"
+        default = "  (default)" if r["default"] else ""
+        print(f"{mark} {r['alias'] or '-':15} {r['family']:14} {','.join(r['languages']):10} {r['dim'] or '?':>5} "
+              f"{size:>7}  {r['license']:13} {r['spec']}{default}")
+    print("\n* = has indexed this library. specs: hf:<hub id or folder> | openclip:<arch>@<tag or checkpoint "
+          "file> | openclip:<folder> | an alias")
 
 
 @models_app.command("export")

@@ -138,8 +138,8 @@ class HFEmbedder(TorchEmbedder):
         if self.text_kwargs.get("padding") == "longest":
             self.text_kwargs["padding"] = True
         context = getattr(getattr(config, "text_config", None), "max_position_embeddings", None)
-        if context and "max_length" not in self.text_kwargs:  # truncate at the tower's own context
-            self.text_kwargs["max_length"] = int(context)
+        if context:  # never past the tower's own context (SigLIP 224/16 towers have 16 positions)
+            self.text_kwargs["max_length"] = min(int(context), int(self.text_kwargs.get("max_length", context)))
         self.image_kwargs = dict(getattr(type(processor), "images_kwargs", {}) or {})
 
         super().__init__(

@@ -19,7 +19,8 @@ from searchlite.errors import ModelLoadError
 
 #: Keys an entry (or a family default) may have.
 KEYS = frozenset({"spec", "family", "templates", "text", "image", "languages", "dim", "license", "params",
-                  "defaults", "description", "published", "lang", "backend", "probability", "center", "match"})
+                  "defaults", "description", "published", "lang", "backend", "probability", "center", "match",
+                  "language_templates"})
 #: Keys of an entry's "text" rules.
 TEXT_KEYS = frozenset({"lower", "clean", "lang_prefix", "padding", "max_length", "tokenizer"})
 
@@ -42,6 +43,7 @@ class ZooEntry:
     description: str = ""
     published: dict[str, Any] = field(default_factory=dict)
     lang: str | None = None  # default language code put before the text (nllb: FLORES-200)
+    language_templates: dict[str, str] = field(default_factory=dict)  # script language -> template
     backend: str = "hf"
     probability: str = "platt"  # "sigmoid": the model's own scale and bias; "platt": a fitted calibration
     center: float = 0.25  # uncalibrated Platt fallback: probability 0.5 at this cosine
@@ -93,6 +95,7 @@ def parse_zoo(raw: dict) -> dict[str, ZooEntry]:
                               image=dict(merged.get("image", {})), defaults=dict(merged.get("defaults", {})),
                               description=merged.get("description", ""), published=dict(merged.get("published", {})),
                               lang=merged.get("lang"), backend=merged.get("backend", "hf"),
+                              language_templates=dict(merged.get("language_templates", {})),
                               probability=merged.get("probability", "platt"), center=float(merged.get("center", 0.25)))
     return out
 
@@ -111,6 +114,8 @@ class Family:
     #: when set, the family applies to checkpoints of this ``model_type`` whose tokenizer class is
     #: listed (e.g. SigLIP 2 fixed-res: a ``siglip`` checkpoint with a Gemma tokenizer)
     match: dict[str, Any] = field(default_factory=dict)
+    languages: tuple[str, ...] = ("en",)
+    language_templates: dict[str, str] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=1)
@@ -125,7 +130,8 @@ def families() -> dict[str, Family]:
         _check(name, data)
         out[name] = Family(name, data.get("backend", "hf"), data.get("probability", "platt"),
                            float(data.get("center", 0.25)), tuple(data.get("templates") or ["{}"]),
-                           dict(data.get("text", {})), dict(data.get("defaults", {})), dict(data.get("match", {})))
+                           dict(data.get("text", {})), dict(data.get("defaults", {})), dict(data.get("match", {})),
+                           tuple(data.get("languages") or ["en"]), dict(data.get("language_templates", {})))
     return out
 
 
@@ -151,3 +157,41 @@ def for_spec(spec: str) -> ZooEntry | None:
     if found is not None:
         return found
     return next((e for e in entries().values() if e.spec == spec), None)
+
+
+#: Scripts that say which language a query is in, for the prompt template (checked in this order:
+#: kana means Japanese even beside kanji).
+_SCRIPTS = (("ja", ((0x3040, 0x30FF), (0x31F0, 0x31FF), (0xFF66, 0xFF9F))),
+            ("ko", ((0xAC00, 0xD7AF), (0x1100, 0x11FF), (0x3130, 0x318F))),
+            ("zh", ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))))
+
+
+def script_language(text: str) -> str | None:
+    """'ja', 'ko' or 'zh' for a query written in that script, 'other' for any other non-Latin
+    letters (Cyrillic, Arabic, Devanagari...), None for Latin script, digits and symbols."""
+    codes = [ord(c) for c in text]
+    for lang, ranges in _SCRIPTS:
+        if any(lo <= c <= hi for c in codes for lo, hi in ranges):
+            return lang
+    if any(c.isalpha() and ord(c) > 0x24F for c in text):
+        return "other"
+    return None
+
+
+def query_template(spec: str, family_name: str, default: str, text: str) -> str:
+    """The prompt template for one query term when the user gave none: the model's own (English)
+    template for Latin-script text; for text in another script, the zoo's template for that language,
+    else the raw text (``{}``) for a multilingual model (an English frame around a Chinese query is
+    not how such models were trained or evaluated), else the model's template."""
+    lang = script_language(text)
+    if lang is None:
+        return default
+    known = for_spec(spec)
+    fam = family(family_name)
+    templates = {**(fam.language_templates if fam else {}), **(known.language_templates if known else {})}
+    if lang in templates:
+        return templates[lang]
+    languages = known.languages if known is not None else (fam.languages if fam else ("en",))
+    if "multi" in languages or lang in languages:
+        return "{}"
+    return default

@@ -285,3 +285,34 @@ def test_prompt_templates_follow_the_query_script():
     assert query_template("siglip2-base", "siglip2-fixed", en, "海滩上的狗") == "{}"  # multilingual: raw
     assert query_template("siglip-base", "siglip", en, "海滩上的狗") == en  # an English-only model keeps its own
     assert query_template("chinese-clip", "chinese_clip", "一张{}的照片。", "海滩上的狗") == "一张{}的照片。"
+
+
+@pytest.mark.slow
+def test_naflex_batches_through_the_ray_engine_equal_the_local_engine(checkpoints, photos, tmp_path, monkeypatch):
+    """The Ray engine carries NaFlex inputs (patches, mask, shapes) column by column: same vectors
+    as the local engine for photos of every aspect ratio."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray = pytest.importorskip("ray")
+    from searchlite.library import Library
+
+    monkeypatch.setenv("SEARCHLITE_PRECISION", "fp32")
+    spec = f"hf:{checkpoints['siglip2_naflex']}"
+    local = Library(tmp_path / "local", device="cpu")
+    local.index([photos], [spec])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+        distributed = Library(tmp_path / "ray", device="cpu")
+        stats = distributed.index([photos], [spec], engine="ray")
+    finally:
+        ray.shutdown()
+    assert stats.added == len(list(photos.iterdir()))
+
+    def vectors(lib):
+        results = lib.search("x", k=100)
+        stored = lib.stored_vectors(lib.model_row(), [r.image_id for r in results])
+        return {r.path: stored[r.image_id] for r in results}
+
+    a, b = vectors(local), vectors(distributed)
+    assert set(a) == set(b) and len(a) == stats.added
+    assert min(float(a[p] @ b[p]) for p in a) >= 0.99999

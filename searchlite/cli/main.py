@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from searchlite.cli import eval_commands, library_commands  # noqa: F401 - registers the commands
+from searchlite.cli import eval_commands, housekeeping_commands, library_commands  # noqa: F401 - registers the commands
 from searchlite.cli.common import app
 from searchlite import SearchliteError
 

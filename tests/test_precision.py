@@ -31,8 +31,10 @@ def fresh(monkeypatch):
     _load.cache_clear()
 
 
-def native_bf16(monkeypatch, value: bool) -> None:
+def native_bf16(monkeypatch, value: bool, speedup: float = 2.5) -> None:
+    """Mock the CPU: native bf16 or not, and how much faster its bf16 matmul measures."""
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: value)
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: speedup)
 
 
 def _reference_fp32(folder, images, texts):
@@ -69,6 +71,21 @@ def test_auto_is_fp32_without_native_bf16_and_bf16_with_it(monkeypatch, hf_sigli
     assert min(emb.precision_check["min_cosine_images"], emb.precision_check["min_cosine_texts"]) >= 0.999
     monkeypatch.setenv("SEARCHLITE_PRECISION", "fp32")  # the override beats the machine's choice
     assert precision.resolve_precision("auto", "cpu") == "fp32"
+
+
+def test_auto_is_fp32_where_native_bf16_measures_slower(monkeypatch, hf_siglip):
+    native_bf16(monkeypatch, True, speedup=0.56)  # e.g. a Xeon with AVX512-BF16 but no AMX
+    assert precision.resolve_precision("auto", "cpu") == "fp32"
+    assert precision.resolve_precision("bf16", "cpu") == "bf16"  # asked for: runs (validated)
+    emb = load_embedder(f"hf:{hf_siglip}", device="cpu")
+    assert emb.precision == "fp32" and "measured 0.56x fp32" in emb.precision_note
+    _load.cache_clear()
+    assert load_embedder(f"hf:{hf_siglip}", device="cpu", precision="bf16").precision == "bf16"
+
+
+def test_the_bf16_measurement_compares_real_matmuls():
+    speedup = precision.cpu_bf16_speedup.__wrapped__(repeats=1)  # the unmocked, uncached measurement
+    assert np.isfinite(speedup) and 0.01 < speedup < 100
 
 
 def test_detection_needs_the_cpu_flag(monkeypatch):

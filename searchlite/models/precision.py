@@ -2,8 +2,11 @@
 and the one-time validation of a reduced precision against fp32.
 
 ``auto`` (the default) is:
-  * CPU: bf16 where the CPU has native bf16 (AVX512-BF16 or AMX; :func:`cpu_has_native_bf16`),
-    else fp32 (emulated bf16 is slower than fp32);
+  * CPU: bf16 where the CPU has native bf16 (AVX512-BF16 or AMX; :func:`cpu_has_native_bf16`)
+    *and* a bf16 matrix product measures at least :data:`MIN_SPEEDUP` times faster than fp32 on it
+    (:func:`cpu_bf16_speedup`, once per process), else fp32. Native is not enough: an Intel Xeon
+    exposing AVX512-BF16 without AMX ran bf16 matmuls at ~0.56x fp32 (measured on this project's
+    CI machine), while Zen 4 and AMX parts run them ~2-3x faster; emulated bf16 is slower still;
   * CUDA: bf16 where the GPU supports it, else fp16;
   * Apple MPS: fp32 (not measured: no Apple machine was at hand);
   * ``$SEARCHLITE_PRECISION`` (fp32, bf16 or fp16) overrides the machine's choice.
@@ -33,6 +36,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MIN_COSINE = 0.999
 #: CPU flags (Linux /proc/cpuinfo) of native bf16 arithmetic.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+#: How much faster than fp32 a bf16 matmul must measure on this CPU for auto to pick bf16.
+MIN_SPEEDUP = 1.25
 
 
 def check_precision(precision: str) -> str:
@@ -67,6 +72,38 @@ def cpu_has_native_bf16() -> bool:
     return ("AVX512" in capability or "AMX" in capability) and (mkldnn_bf16 is None or bool(mkldnn_bf16()))
 
 
+@lru_cache(maxsize=1)
+def cpu_bf16_speedup(repeats: int = 7) -> float:
+    """fp32 time / bf16 time of a ViT-B-sized linear layer (128 tokens, 768 -> 3072) under
+    autocast, best of ``repeats`` each, interleaved (~0.1-0.4 s; tests monkeypatch this)."""
+    import time
+
+    import torch
+
+    layer = torch.nn.Linear(768, 3072)
+    x = torch.randn(128, 768)
+    best = {"fp32": float("inf"), "bf16": float("inf")}
+    with torch.inference_mode():
+        for i in range(repeats + 1):
+            for name in best:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
+                    start = time.perf_counter()
+                    layer(x)
+                    if i:  # the first round warms up (oneDNN primitive creation)
+                        best[name] = min(best[name], time.perf_counter() - start)
+    return best["fp32"] / best["bf16"]
+
+
+def cpu_bf16_pays() -> tuple[bool, str]:
+    """Whether auto should run bf16 on this CPU, and why (native bf16, and measured faster)."""
+    if not cpu_has_native_bf16():
+        return False, "this CPU has no native bf16"
+    speedup = cpu_bf16_speedup()
+    if speedup < MIN_SPEEDUP:
+        return False, f"native bf16, but a bf16 matmul measured {speedup:.2f}x fp32 on this CPU"
+    return True, f"bf16 matmul {speedup:.2f}x fp32 on this CPU"
+
+
 def resolve_precision(precision: str, device: str) -> str:
     """What ``precision`` means on ``device``: fp32, bf16 or fp16."""
     check_precision(precision)
@@ -81,7 +118,7 @@ def resolve_precision(precision: str, device: str) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return precision
     if precision == "auto":
-        return "bf16" if device == "cpu" and cpu_has_native_bf16() else "fp32"
+        return "bf16" if device == "cpu" and cpu_bf16_pays()[0] else "fp32"
     return precision
 
 
@@ -162,8 +199,8 @@ def configure(emb: Any, requested: str = "auto", channels_last: bool = True) -> 
     chosen = resolve_precision(requested, emb.device)
     emb.precision, emb.precision_check = "fp32", {}
     emb.precision_note = "fp32" + (" (asked for)" if requested == "fp32" else
-                                   " (this CPU has no native bf16)" if emb.device == "cpu" and requested == "auto"
-                                   else "")
+                                   f" ({cpu_bf16_pays()[1]})" if emb.device == "cpu" and chosen == "fp32"
+                                   and requested == "auto" and not os.environ.get("SEARCHLITE_PRECISION") else "")
     if chosen == "fp32":
         return emb
     conv = channels_last and is_convolutional(emb.model)

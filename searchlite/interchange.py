@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, insert, select
 
-from searchlite.catalog import Catalog, ImageRow, Meta, ModelRow, Root, VectorRow, join_path, utcnow
+from searchlite.catalog import Catalog, ImageRow, Meta, ModelRow, Root, VectorRow, chunked, join_path, utcnow
 from searchlite.errors import LibraryError
 from searchlite.store import VectorStore, VectorWriter
 from searchlite.store.builder import SegmentBuilder
@@ -245,8 +245,8 @@ def _import_batch(catalog: Catalog, model: ModelRow, writer: VectorWriter, roots
     store_rows = writer.append(model.id, vectors[order] / scale[:, None])
     with writer.transaction() as s:
         image_ids = _upsert_images(s, roots, keep, data)
-        replaced = s.execute(delete(VectorRow).where(VectorRow.model_ref == model.id,
-                                                     VectorRow.image_id.in_(image_ids))).rowcount
+        replaced = sum(s.execute(delete(VectorRow).where(VectorRow.model_ref == model.id, VectorRow.image_id.in_(part)))
+                       .rowcount for part in chunked(image_ids))  # a batch has up to 65,536 rows
         s.execute(insert(VectorRow), [dict(model_ref=model.id, store_row=r, image_id=i)
                                       for r, i in zip(store_rows, image_ids)])
     summary["replaced"] += replaced

@@ -45,6 +45,8 @@ AUTO_SERVE_IDLE = 900.0
 
 PreviewOpt = Annotated[bool, typer.Option("--preview", "-p", help="Show thumbnails inline (kitty or iTerm2 "
                                           "terminals; plain output elsewhere).")]
+LangOpt = Annotated[str | None, typer.Option("--lang", help="Language code of the query for models that take one "
+                                           "(nllb-clip: FLORES-200, e.g. zho_Hans, jpn_Jpan); default: the model's.")]
 ServeOpt = Annotated[bool, typer.Option("--serve", help="Start `searchlite serve` in the background if none runs "
                                         f"(it exits after {AUTO_SERVE_IDLE:.0f} s idle); also $SEARCHLITE_AUTO_SERVE=1.")]
 
@@ -191,24 +193,31 @@ class Progress:
 
 def parse_filters(folder: Path | None, glob: str | None, after: str | None, before: str | None,
              min_width: int | None, min_height: int | None, fmt: list[str] | None):
-    from searchlite import Filters
+    """The filter options as Filters; a bad date is a usage error. A date without a time is the
+    whole day (``--before 2026-12-01`` includes Dec 1), see :func:`searchlite.query.parse_date`."""
+    from searchlite import Filters, QueryError
+    from searchlite.query import parse_date
 
-    def date(s: str | None) -> datetime | None:
+    def date(s: str | None, option: str) -> datetime | None:
         if not s:
             return None
         try:
-            return datetime.fromisoformat(s)
-        except ValueError as exc:
-            raise typer.BadParameter(f"not an ISO date: {s} (e.g. 2023-07-01)") from exc
+            return parse_date(s, end=option == "--before", name=option)
+        except QueryError as exc:
+            raise typer.BadParameter(f"not a date: {s!r} (e.g. 2023-07-01 or 2023-07-01T18:30)",
+                                     param_hint=option) from exc
 
-    return Filters(glob=glob, folder=Path(os.path.abspath(folder.expanduser())) if folder else None, after=date(after),
-                   before=date(before), min_width=min_width, min_height=min_height, formats=tuple(fmt or ()))
+    return Filters(glob=glob, folder=Path(os.path.abspath(folder.expanduser())) if folder else None, after=date(after, "--after"),
+                   before=date(before, "--before"), min_width=min_width, min_height=min_height,
+                   formats=tuple(fmt or ()))
 
 
 FolderOpt = Annotated[Path | None, typer.Option("--folder", help="Only images under this folder.")]
 GlobOpt = Annotated[str | None, typer.Option("--glob", help="Only paths matching this glob, e.g. '*/2023/*'.")]
-AfterOpt = Annotated[str | None, typer.Option("--after", help="Taken on/after (EXIF, else mtime), ISO date.")]
-BeforeOpt = Annotated[str | None, typer.Option("--before", help="Taken on/before, ISO date.")]
+AfterOpt = Annotated[str | None, typer.Option("--after", help="Taken on/after (EXIF, else mtime): an ISO date "
+                     "(the day's start) or date-time.")]
+BeforeOpt = Annotated[str | None, typer.Option("--before", help="Taken on/before: an ISO date (the whole day "
+                      "included) or date-time.")]
 MinWOpt = Annotated[int | None, typer.Option("--min-width", help="Minimum width in pixels.")]
 MinHOpt = Annotated[int | None, typer.Option("--min-height", help="Minimum height in pixels.")]
 FormatOpt = Annotated[list[str] | None, typer.Option("--format", help="Only these formats (JPEG, PNG...).")]

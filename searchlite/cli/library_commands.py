@@ -215,7 +215,7 @@ def serve(
         if token is not None and (no_token or not token.strip()):
             raise typer.BadParameter("--token takes a non-empty token and cannot be combined with --no-token")
         if no_token and not is_loopback(bind[0]):
-            from searchlite.errors import SearchliteError
+            from searchlite import SearchliteError
 
             raise SearchliteError(f"refusing to serve on {bind[0]} without a token (anyone on the network could see "
                                   "your photos); bind 127.0.0.1 or drop --no-token")

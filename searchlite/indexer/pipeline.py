@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, insert, select, update
 
-from searchlite.catalog import Catalog, ImageRow, ModelRow, RunRow, VectorRow, join_path, utcnow
+from searchlite.catalog import Catalog, ImageRow, ModelRow, RunRow, VectorRow, chunked, join_path, utcnow
 from searchlite.errors import ImageDecodeError, LibraryError
 from searchlite.imaging import load_image
 from searchlite.indexer.scan import (
@@ -181,9 +181,10 @@ class Indexer:
                 return
             have: dict[int, set[int]] = {}
             with self.catalog.Session() as s:
-                for image_id, model_ref in s.execute(select(VectorRow.image_id, VectorRow.model_ref).where(
-                        VectorRow.image_id.in_([r.image_id for r in rows]))).tuples():
-                    have.setdefault(image_id, set()).add(model_ref)
+                for part in chunked(r.image_id for r in rows):  # SCAN_CHUNK > 999 parameters
+                    for image_id, model_ref in s.execute(select(VectorRow.image_id, VectorRow.model_ref).where(
+                            VectorRow.image_id.in_(part))).tuples():
+                        have.setdefault(image_id, set()).add(model_ref)
             for r in rows:
                 missing = [i for i, m in enumerate(self.models) if m.id not in have.get(r.image_id, set())]
                 if r.state == "same" and not missing:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from searchlite.catalog import ImageRow, VectorRow
+from searchlite.catalog import ImageRow, VectorRow, chunked
 from searchlite.errors import LibraryError
 from searchlite.faults import crashpoint
 from searchlite.indexer.pipeline import Done, Indexer, Work, decode
@@ -233,13 +233,15 @@ class RayIndexer(Indexer):
         from sqlalchemy import select
 
         ids = [d.work.image_id for d in done]
+        rows: dict[int, Any] = {}
+        have: dict[int, set[int]] = {}
         with self.catalog.Session() as s:
-            rows = {r.id: r for r in s.execute(select(ImageRow.id, ImageRow.sha256, ImageRow.status)
-                                               .where(ImageRow.id.in_(ids)))}
-            have: dict[int, set[int]] = {}
-            for image_id, model_ref in s.execute(select(VectorRow.image_id, VectorRow.model_ref)
-                                                 .where(VectorRow.image_id.in_(ids))):
-                have.setdefault(image_id, set()).add(model_ref)
+            for part in chunked(ids):  # $SEARCHLITE_SHARD_ROWS may exceed SQLite's 999 parameters
+                rows.update({r.id: r for r in s.execute(select(ImageRow.id, ImageRow.sha256, ImageRow.status)
+                                                        .where(ImageRow.id.in_(part)))})
+                for image_id, model_ref in s.execute(select(VectorRow.image_id, VectorRow.model_ref)
+                                                     .where(VectorRow.image_id.in_(part))):
+                    have.setdefault(image_id, set()).add(model_ref)
         out = []
         for d in done:
             row = rows.get(d.work.image_id)

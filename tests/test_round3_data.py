@@ -382,6 +382,7 @@ def test_read_only_library_needing_an_upgrade_is_one_line(closed_library):
         Catalog(lib_dir, read_only=True)
 
 
+@pytest.mark.slow
 def test_read_only_cli(closed_library):
     lib_dir, spec, photos = closed_library
     env = {"SEARCHLITE_READ_ONLY": "1"}
@@ -396,6 +397,7 @@ def test_read_only_cli(closed_library):
     assert _snapshot(lib_dir) == before
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
 def test_read_only_for_a_user_who_cannot_write(closed_library):
     """The real case: another user (nobody) without write permission searches the library."""

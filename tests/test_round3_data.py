@@ -84,6 +84,28 @@ def test_names_that_are_not_utf8_are_indexed_found_and_stored_exactly(tmp_path, 
     assert own.id not in {r.image_id for r in lib.similar(bad, spec, k=10)}
 
 
+def test_a_root_with_an_odd_name_is_adopted_by_its_parent_exactly(tmp_path, hf_siglip):
+    spec = f"hf:{hf_siglip}"
+    photos = tmp_path / "photos"
+    inner = _photo(photos / BAD_DIR / "inner.png", 3)
+    nested = _photo(photos / BAD_DIR / BAD, 4)
+    top = _photo(photos / "top.png", 5)
+    lib = Library(tmp_path / "lib", device="cpu")
+    lib.index([photos / BAD_DIR], [spec])  # the root's own path is not UTF-8
+    assert lib.catalog.find_image(nested) is not None
+    ids = {r.path: r.image_id for r in lib.search("x", spec, k=10)}
+    assert set(ids) == {str(inner), str(nested)}
+    stats = lib.index([photos], [spec])  # the parent adopts the child root: relpaths get its prefix
+    assert (stats.added, stats.removed, stats.unchanged) == (1, 0, 2)
+    after = {r.path: r.image_id for r in lib.search("x", spec, k=10)}
+    assert after == {**ids, str(top): after[str(top)]}  # same ids, exact paths
+    assert list(lib.catalog.roots().values()) == [str(photos)]
+    raw = sqlite3.connect(tmp_path / "lib" / "catalog.sqlite")
+    stored = dict(raw.execute("SELECT CAST(relpath AS BLOB), typeof(relpath) FROM images").fetchall())
+    raw.close()
+    assert stored == {b"dir\xfe/inner.png": "blob", b"dir\xfe/bad\xff\xfename.png": "blob", b"top.png": "text"}
+
+
 def test_odd_names_print_escaped_and_serve(tmp_path, hf_siglip):
     spec = f"hf:{hf_siglip}"
     photos = tmp_path / "photos"

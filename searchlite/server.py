@@ -56,7 +56,8 @@ def socket_path(library: Path) -> Path:
     """The library's socket (Unix socket paths are limited to ~100 bytes: long ones go to the runtime dir)."""
     library = Path(library).expanduser().resolve()
     path = library / "searchlite.sock"
-    if len(str(path)) < 100 and os.access(library, os.W_OK):  # a read-only library's: the runtime dir
+    # a read-only library cannot hold its socket: then it goes to the runtime dir, as a long path's does
+    if len(str(path)) < 100 and (os.access(library, os.W_OK) or not library.exists()):
         return path
     digest = hashlib.sha256(os.fsencode(str(library))).hexdigest()[:16]
     return runtime_dir() / f"{digest}.sock"

@@ -222,6 +222,8 @@ def test_format_filter_aliases_and_old_mpo_rows(tmp_path, hf_siglip):
     jpg = _photo(photos / "plain.jpeg", 3)
     lib = Library(tmp_path / "lib", device="cpu")
     lib.index([photos], [spec])
+    with lib.catalog.Session() as s:
+        assert s.scalar(select(ImageRow.format).where(ImageRow.relpath == "camera.jpg")) == "JPEG"  # not MPO
 
     def only(*names: str) -> set[str]:
         return _paths(lib, spec, Filters(formats=names))

@@ -4,8 +4,8 @@ key, so its thumbnail is regenerated and the stale one removed.
 
 Files are found only through the catalog (by image id), only inside their root (the rule of
 :func:`searchlite.paths.real_file_inside`: a symlinked folder the scan followed is served, a
-symlink that leads out of its folder never is; a read-only library's thumbnails are made in a
-private temporary folder), and only when the name, and the name of
+symlink that leads out of its folder never is; a read-only library's thumbnails are made in the
+user cache), and only when the name, and the name of
 the file a symlink leads to, has an image extension (a Parquet import cannot expose other files),
 and not under a root an import made from a file's parent folder until that folder is indexed or
 named with ``import --root``.
@@ -73,9 +73,11 @@ def thumbnail(lib, image_id: int, size: int = 256) -> Path:
         import hashlib
         import logging
 
-        logging.getLogger(__name__).info("read-only library: thumbnail %s made outside it", image_id)
-        private = Path(tempfile.gettempdir()) / f"searchlite-{os.getuid()}-thumbnails"
-        private.mkdir(mode=0o700, exist_ok=True)
+        from searchlite.config import cache_dir
+
+        logging.getLogger(__name__).info("read-only library: thumbnail %s made in the user cache", image_id)
+        private = cache_dir() / "read-only-thumbnails"
+        private.mkdir(mode=0o700, parents=True, exist_ok=True)
         folder = private / hashlib.sha256(os.fsencode(str(lib.path))).hexdigest()[:16] / str(size)
         target = folder / f"{image_id}-{key}.jpg"
         if target.is_file():

@@ -17,6 +17,7 @@ taken_source   string (exif, exif-digitized, raw, mtime...)  no
 format         string (JPEG, PNG, HEIF...; --format)         no
 companion      string: absolute path of a paired RAW file    no
 camera         string (EXIF make and model)                  no
+path_bytes     binary: exact bytes of a non-UTF-8 file name   no
 =============  ===========================================  ========
 
 Export writes every column; import reads the optional ones that are there, so files written
@@ -47,6 +48,7 @@ from searchlite.catalog import Catalog, ImageRow, Meta, ModelRow, Root, VectorRo
 from searchlite.errors import LibraryError
 from searchlite.store import VectorStore, VectorWriter
 from searchlite.store.builder import SegmentBuilder
+from searchlite.paths import as_bytes, printable
 from searchlite.thumbnails import is_image_name
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 65_536
 PART_ROWS = 1_000_000
 OPTIONAL = ("sha256", "size", "mtime_ns", "width", "height", "taken_at", "taken_offset", "taken_source", "format",
-            "companion", "camera")
+            "companion", "camera", "path_bytes")
 MAX_PROBLEMS = 100
 #: catalog meta key: the roots an import made from a file's parent folder (no --root, no known
 #: root). The web server serves nothing under them until that folder is indexed or named with --root.
@@ -220,7 +222,10 @@ def _import_batch(catalog: Catalog, model: ModelRow, writer: VectorWriter, roots
     vectors, ok = _vectors(batch.column("vector"), model.dim)
     finite = np.isfinite(vectors).all(axis=1)
     norms = np.linalg.norm(vectors, axis=1)
-    paths = [_normalise_path(p) for p in data["path"]]
+    # a file name that is not UTF-8 travels as its exact bytes (path_bytes); path then holds it escaped
+    raw_paths = [os.fsdecode(b) if b is not None else p
+                 for p, b in zip(data["path"], data.get("path_bytes") or [None] * len(data["path"]))]
+    paths = [_normalise_path(p) for p in raw_paths]
     first_row = summary["rows"]
     summary["rows"] += len(paths)
     keep: dict[str, int] = {}  # path -> row in batch (the last one wins within a batch)
@@ -334,7 +339,8 @@ def export_schema(dim: int) -> Any:
     return pa.schema([("path", pa.string()), ("vector", pa.list_(pa.float32(), dim)), ("sha256", pa.string()),
                       ("size", pa.int64()), ("mtime_ns", pa.int64()), ("width", pa.int32()), ("height", pa.int32()),
                       ("taken_at", pa.timestamp("us")), ("taken_offset", pa.int16()), ("taken_source", pa.string()),
-                      ("format", pa.string()), ("companion", pa.string()), ("camera", pa.string())])
+                      ("format", pa.string()), ("companion", pa.string()), ("camera", pa.string()),
+                      ("path_bytes", pa.binary())])
 
 
 class _Parts:
@@ -380,8 +386,10 @@ def export_parquet(catalog: Catalog, model: ModelRow, store: VectorStore, out: P
     written = 0
     for rows in _export_rows(catalog, model):
         vectors = store.get(np.array([r.store_row for r in rows], dtype=np.int64))
+        paths = [join_path(r.root, r.relpath) for r in rows]
         output.write(pa.table({
-            "path": [join_path(r.root, r.relpath) for r in rows],
+            "path": [printable(p) for p in paths],
+            "path_bytes": [as_bytes(p) if printable(p) != p else None for p in paths],
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), model.dim),
             "sha256": [r.sha256 for r in rows],
             "size": [r.size if r.size is not None and r.size >= 0 else None for r in rows],
@@ -389,7 +397,7 @@ def export_parquet(catalog: Catalog, model: ModelRow, store: VectorStore, out: P
             "width": [r.width for r in rows], "height": [r.height for r in rows],
             "taken_at": [r.taken_at for r in rows], "taken_offset": [r.taken_offset for r in rows],
             "taken_source": [r.taken_source for r in rows], "format": [r.format for r in rows],
-            "companion": [join_path(r.root, r.companion) if r.companion else None for r in rows],
+            "companion": [printable(join_path(r.root, r.companion)) if r.companion else None for r in rows],
             "camera": [r.camera for r in rows],
         }, schema=schema))
         written += len(rows)

@@ -103,3 +103,26 @@ def test_a_file_without_the_new_columns_still_imports(exported, tmp_path):
     summary = json.loads(json.dumps(Library(tmp_path / "old", device="cpu").import_vectors(tmp_path / "old.parquet",
                                                                                           "demo")))
     assert summary["imported"] == table.num_rows and summary["skipped"] == 0
+
+
+def test_names_that_are_not_utf8_survive_export_and_import(tmp_path):
+    """A file name that is not UTF-8 (bytes on POSIX) is exported escaped in `path` with its exact
+    bytes in `path_bytes`, and imports back to the very file."""
+    from searchlite.sample_data import generate
+
+    photos = tmp_path / "photos"
+    generate.generate(photos, 3, 1, "test")
+    first = sorted(photos.glob("*.png"))[0]
+    odd = os.fsdecode(os.path.join(os.fsencode(photos), b"bad\xff\xfename.png"))
+    os.rename(first, odd)
+    lib = Library(tmp_path / "lib", device="cpu")
+    lib.index([photos], ["demo"])
+    summary = lib.export_vectors("demo", tmp_path / "out.parquet")
+    assert summary["rows"] == 3
+    table = pq.read_table(tmp_path / "out.parquet")
+    row = table.column("path").to_pylist().index(os.fsencode(odd).decode("utf-8", "backslashreplace"))
+    assert table.column("path_bytes").to_pylist()[row] == os.fsencode(odd)
+    copy = Library(tmp_path / "copy", device="cpu")
+    assert copy.import_vectors(tmp_path / "out.parquet", "demo")["imported"] == 3
+    paths = {r.path for r in copy.search("a photo", k=10)}
+    assert odd in paths and os.path.exists(odd)

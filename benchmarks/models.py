@@ -24,6 +24,13 @@ ARCHS = [  # alias, how to build it, architecture, input size
     ("siglip-base (ViT-B-16-SigLIP)", "openclip", "ViT-B-16-SigLIP", 224),
     ("siglip2-base (ViT-B-16-SigLIP2)", "openclip", "ViT-B-16-SigLIP2", 224),
     ("mobileclip2-s0 (MobileCLIP2-S0)", "openclip", "MobileCLIP2-S0", 256),
+    ("mobileclip2 (MobileCLIP2-S2)", "openclip", "MobileCLIP2-S2", 256),
+    ("mobileclip2-b (MobileCLIP2-B)", "openclip", "MobileCLIP2-B", 224),
+    ("pe-core (PE-Core-B-16)", "openclip", "PE-Core-B-16", 224),
+    ("pe-core-s (PE-Core-S-16-384)", "openclip", "PE-Core-S-16-384", 384),
+    ("siglip2-openclip (ViT-B-16-SigLIP2)", "openclip", "ViT-B-16-SigLIP2", 224),
+    ("metaclip2-openclip (ViT-H-14-worldwide)", "openclip", "ViT-H-14-worldwide-quickgelu", 224),
+    ("nllb-siglip (nllb-clip-base-siglip)", "openclip", "nllb-clip-base-siglip", 384),
     ("clip-large (ViT-L-14)", "openclip", "ViT-L-14-quickgelu", 224),
     ("siglip (ViT-SO400M-14-SigLIP-384)", "openclip", "ViT-SO400M-14-SigLIP-384", 384),
     ("align (EfficientNet-B7 + BERT)", "hf-align", None, 289),
@@ -53,6 +60,21 @@ def rate(encode, x: torch.Tensor, batches: int, device: str) -> tuple[float, tor
     return len(x) * batches / (time.perf_counter() - t), out
 
 
+def text_ms(model, device: str, runs: int = 5) -> float | None:
+    """ms for one query (batch 1, the architecture's context length) through an open_clip text tower."""
+    if not hasattr(model, "encode_text"):
+        return None
+    ctx = int(getattr(model, "context_length", 0) or 77)
+    vocab = int(getattr(model, "vocab_size", 0) or 1000)
+    ids = torch.randint(3, max(4, min(vocab, 1000)), (1, ctx), device=device)
+    with torch.inference_mode():
+        model.encode_text(ids)  # warm-up
+        t = time.perf_counter()
+        for _ in range(runs):
+            model.encode_text(ids)
+    return (time.perf_counter() - t) / runs * 1000
+
+
 def main() -> None:
     from searchlite.models.precision import autocast, resolve_precision
 
@@ -77,6 +99,9 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters()) / 1e6
         conv = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 4
         x = torch.randn(args.batch, 3, size, size, device=args.device)
+        ms_query = text_ms(model, args.device) if kind == "openclip" else None  # fp32
+        if ms_query is not None:
+            print(f"{alias:36} text tower fp32 {ms_query:8.1f} ms/query", flush=True)
         reference = None
         for requested in args.precision.split(","):
             chosen = resolve_precision(requested.strip(), args.device)
@@ -98,7 +123,8 @@ def main() -> None:
                 rows.append({"model": alias, "precision": requested.strip(), "ran_in": chosen,
                              "channels_last": channels_last, "dim": int(out.shape[-1]), "params_m": round(params, 1),
                              "img_per_s": round(img_s, 2), "min_cos_to_fp32": None if cos is None else round(cos, 6),
-                             "device": args.device, "threads": torch.get_num_threads(), "batch": args.batch})
+                             "device": args.device, "threads": torch.get_num_threads(), "batch": args.batch,
+                             "text_ms_per_query_fp32": None if ms_query is None else round(ms_query, 1)})
                 print(f"{alias:36} {requested.strip():5}={chosen:4} {'channels_last' if channels_last else '':13} "
                       f"d={rows[-1]['dim']:5} {params:7.1f} M params {img_s:8.2f} img/s"
                       + (f"  min cos to fp32 {cos:.5f}" if cos is not None else ""), flush=True)

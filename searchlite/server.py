@@ -118,7 +118,8 @@ def parse_request(message: Any) -> tuple[str, dict]:
         raise QueryError(f"unknown command {command!r}")
     if not isinstance(args, dict):
         raise QueryError("args must be an object")
-    allowed = {"search": {"text", "model", "k", "offset", "template", "ensemble", "min_prob", "sort", "filters", "cwd"},
+    allowed = {"search": {"text", "model", "k", "offset", "template", "ensemble", "min_prob", "sort", "filters", "cwd",
+                          "lang"},
                "similar": {"image", "model", "k", "offset", "min_prob", "sort", "filters"}, "ping": set()}[command]
     unknown = set(args) - allowed
     if unknown:
@@ -143,7 +144,7 @@ def parse_request(message: Any) -> tuple[str, dict]:
         if cwd is not None and not (os.path.isabs(cwd) and os.path.isdir(cwd)):
             raise QueryError("cwd must be an absolute folder")
         out.update(text=text, template=check_template(_typed(args, "template", str)),
-                   ensemble=_typed(args, "ensemble", bool, False), cwd=cwd)
+                   ensemble=_typed(args, "ensemble", bool, False), cwd=cwd, lang=_typed(args, "lang", str))
     else:
         image = _typed(args, "image", str)
         if not image or not os.path.isabs(image):

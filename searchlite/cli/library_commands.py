@@ -17,6 +17,7 @@ from searchlite.cli.common import (
     FormatOpt,
     GlobOpt,
     JsonOpt,
+    LangOpt,
     LibraryOpt,
     MinHOpt,
     MinProbOpt,
@@ -105,6 +106,7 @@ def search(
     rerank: Annotated[str | None, typer.Option("--rerank", help="Re-score the candidates with this model.")] = None,
     candidates: Annotated[int, typer.Option("--candidates", min=1, help="First-stage pool for --rerank.")] = 100,
     fusion: Annotated[str, typer.Option("--fusion", help="replace|rrf|prob (with --rerank).")] = "replace",
+    lang: LangOpt = None,
     serve: ServeOpt = False,
     preview: PreviewOpt = False,
     device: DeviceOpt = "auto",
@@ -119,7 +121,8 @@ def search(
     if not rerank:
         served = remote(library, "search", {"text": text, "model": model, "k": k, "template": template,
                                             "ensemble": ensemble, "min_prob": min_prob, "sort": sort,
-                                            "filters": filters.to_json(), "cwd": os.getcwd()}, start=serve)
+                                            "filters": filters.to_json(), "cwd": os.getcwd(),
+                                            **({"lang": lang} if lang else {})}, start=serve)
         if served is not None:
             print_results(served, as_json, paths, f'"{text}"', preview, print0)
             return
@@ -129,7 +132,7 @@ def search(
                              filters=filters, min_prob=min_prob, ensemble=ensemble, sort=sort)
     else:
         results = lib.search(text, model, k, template=template, min_prob=min_prob, sort=sort, filters=filters,
-                             ensemble=ensemble)
+                             ensemble=ensemble, lang=lang)
     print_results(results, as_json, paths, f'"{text}"', preview, print0)
 
 

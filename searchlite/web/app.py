@@ -271,10 +271,11 @@ def create_app(lib: Any, token: str | None = None, *, bound_host: str | None = N
     @app.get("/api/search")
     def search(q: Annotated[str, Query(min_length=1, max_length=2000)], filters: QueryFilters, k: K = 20,
                offset: Offset = 0, model: Text = None, template: Text = None, min_prob: Prob = None,
-               sort: Annotated[str, Query(pattern="^(relevance|date)$")] = "relevance") -> dict:
+               sort: Annotated[str, Query(pattern="^(relevance|date)$")] = "relevance",
+               lang: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Za-z_]+$")] = None) -> dict:
         with lib.lock:
             results = lib.search(q, known(model), k, offset=offset, template=template, min_prob=min_prob, sort=sort,
-                                 filters=filters, files=False)
+                                 filters=filters, files=False, lang=lang)
         return _page(results, k, offset)
 
     @app.get("/api/similar")

@@ -121,3 +121,91 @@ def test_a_killed_driver_resumes_from_its_shards(tmp_path, photos, hf_siglip):
     table = pq.read_table(sorted(shards.glob("*.committed"))[0])  # shards are in the import schema
     assert {"path", "vector", "sha256", "size", "mtime_ns"} <= set(table.column_names)
     shutil.rmtree(shards)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_processes_under(marker: str) -> list[int]:
+    """Pids of the processes whose command line names ``marker`` (our head node's temp dir)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker.encode() in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_an_explicit_address_of_a_head_node_with_token_auth(tmp_path, photos, hf_siglip):
+    """`ray start --head` on loopback with a token (as after any local `ray.init()`, which writes
+    ~/.ray/auth_token), then `index --ray-address 127.0.0.1:PORT`: Ray loads the token only for
+    address="auto", so the explicit address failed with InvalidAuthToken; now it connects the
+    way the auto path does and gives the local engine's vectors."""
+    import signal
+    import tempfile
+    import time
+
+    home = tmp_path / "home"
+    home.mkdir()
+    temp = Path(tempfile.mkdtemp(prefix="slray-", dir="/tmp"))  # short: Ray's socket paths must stay < 108 bytes
+    env = {**os.environ, "HOME": str(home), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "SEARCHLITE_NO_SERVER": "1"}
+    env.pop("RAY_AUTH_MODE", None)
+    env.pop("RAY_ADDRESS", None)
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    token = subprocess.run([ray_cli, "get-auth-token", "--generate"], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert (home / ".ray" / "auth_token").is_file(), token.stderr[-2000:]
+    port = _free_port()
+    head = subprocess.Popen([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                             "--include-dashboard=false", f"--temp-dir={temp}", "--num-cpus=2", "--block",
+                             "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        address = f"127.0.0.1:{port}"
+        code = ("import json; from searchlite.indexer.ray_engine import start_ray; ray = start_ray(%r); "
+                "print(json.dumps(sorted({n['NodeManagerAddress'] for n in ray.nodes()})))" % address)
+        deadline = time.monotonic() + 120
+        while True:  # the head node is up once a client connects
+            nodes = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+            if nodes.returncode == 0 or time.monotonic() > deadline or head.poll() is not None:
+                break
+            time.sleep(2)
+        assert nodes.returncode == 0, nodes.stderr[-3000:]
+        assert json.loads(nodes.stdout.strip().splitlines()[-1]) == ["127.0.0.1"]  # loopback only
+        spec = f"hf:{hf_siglip}"
+        run = subprocess.run([sys.executable, "-m", "searchlite", "index", str(photos), "-m", spec, "-L",
+                              str(tmp_path / "lib"), "--engine", "ray", "--ray-address", address, "--device", "cpu",
+                              "--json"], env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "InvalidAuthToken" not in run.stderr
+        stats = json.loads(run.stdout)
+        assert (stats["added"], stats["failed"]) == (40, 1)
+    finally:
+        try:  # the head node drains for up to 30 s on SIGTERM, then stops its processes
+            os.killpg(head.pid, signal.SIGTERM)
+            head.wait(timeout=60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        deadline = time.monotonic() + 30
+        while _ray_processes_under(str(temp)) and time.monotonic() < deadline:
+            time.sleep(1)
+        for pid in _ray_processes_under(str(temp)):  # anything of this head node still alive
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(temp, ignore_errors=True)
+    local = Library(tmp_path / "local", device="cpu")
+    local.index([photos], [spec])
+    a, b = _vectors(local, spec), _vectors(Library(tmp_path / "lib", device="cpu"), spec)
+    assert set(a) == set(b) and len(a) == 40
+    assert min(float(a[p] @ b[p]) for p in a) >= 0.99999
+    assert not _ray_processes_under(str(temp))

@@ -34,6 +34,27 @@ log = logging.getLogger(__name__)
 SHARD_ROWS = 256
 
 
+#: What a cluster with token authentication needs from a client, in one line.
+AUTH_HINT = ("a cluster with token authentication needs its token here: ~/.ray/auth_token, $RAY_AUTH_TOKEN or "
+             "$RAY_AUTH_TOKEN_PATH; set RAY_AUTH_MODE=disabled for a cluster started without one")
+
+
+def _token_auth_like_auto() -> None:
+    """Ray (2.5x+) turns token authentication on for ``address="auto"`` when a token is available
+    (~/.ray/auth_token, $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH) and RAY_AUTH_MODE is unset, but not
+    for an explicit HOST:PORT, whose handshake then fails with InvalidAuthToken. Do what the auto
+    path does (Ray's own function; an explicit RAY_AUTH_MODE is respected)."""
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def start_ray(address: str | None) -> Any:
     """Connect to a cluster, or start a local Ray instance (bound to loopback) sized to the machine."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local instance binds 127.0.0.1
@@ -45,9 +66,17 @@ def start_ray(address: str | None) -> Any:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
         if address:
             kwargs["address"] = address
+            if address != "auto":
+                _token_auth_like_auto()
         else:
             kwargs["num_cpus"] = os.cpu_count() or 1
-        ray.init(**kwargs)
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, RuntimeError) as exc:
+            if not address:
+                raise
+            raise LibraryError(f"cannot connect to the Ray cluster at {address}: {str(exc).strip().splitlines()[0]} "
+                               f"({AUTH_HINT})") from exc
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # searchlite shows one bar of its own
     if ray.cluster_resources().get("CPU", 0) < 8:

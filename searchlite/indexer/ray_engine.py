@@ -35,8 +35,8 @@ SHARD_ROWS = 256
 
 
 #: What a cluster with token authentication needs from a client, in one line.
-AUTH_HINT = ("a cluster with token authentication needs its token here: ~/.ray/auth_token, $RAY_AUTH_TOKEN or "
-             "$RAY_AUTH_TOKEN_PATH; set RAY_AUTH_MODE=disabled for a cluster started without one")
+AUTH_HINT = ("a cluster with token authentication needs its token here: ~/.ray/auth_token (`ray get-auth-token` "
+             "on the head node prints it), $RAY_AUTH_TOKEN or $RAY_AUTH_TOKEN_PATH")
 
 
 def _token_auth_like_auto() -> None:

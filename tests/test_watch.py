@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from sqlalchemy import select
 
@@ -114,3 +115,43 @@ def test_a_locked_library_is_retried_later(tmp_path):
         watcher.stop()
     assert sum(r.stats.added for r in watcher.runs) == 1
     assert Path(root / "new.png").is_file() and Library(lib.path).status()["images"] == {"ok": 2}
+
+
+def _wait_for(predicate, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+@pytest.mark.slow
+def test_watch_and_serve_watch_commands_index_a_new_photo(tmp_path):
+    """Both commands start watching (serve loads its models first: minutes on a busy 2-core box)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(root / "seed.png")
+    lib = Library(tmp_path / "lib", device="cpu")
+    lib.index([root], ["demo"])
+    env = {**os.environ, "SEARCHLITE_NO_SERVER": "1"}
+    for n, argv in enumerate((["watch", "--debounce", "0.3"], ["serve", "--watch"])):
+        proc = subprocess.Popen([sys.executable, "-m", "searchlite", *argv, "-L", str(lib.path)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            line = proc.stdout.readline()
+            while "watching" not in line and line:
+                line = proc.stdout.readline()
+            assert "watching" in line
+            time.sleep(1.0)
+            Image.new("RGB", (16, 16), (50 + n, 2, 3)).save(root / f"new{n}.png")
+            found = _wait_for(lambda: Library(lib.path).status()["images"].get("ok") == 2 + n, 180)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out = proc.communicate(timeout=30)[0]
+        assert found, (argv, line, out[-3000:], Library(lib.path).status()["images"])

@@ -74,3 +74,45 @@ def duplicates(
                                                                       if moved.skipped else ""), file=out)
         for path, why in moved.skipped:
             print(f"  skipped {path}: {why}", file=out)
+
+
+@app.command()
+def watch(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Folders to watch (default: the library's folders).")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model spec or alias; repeat for several "
+                                                    "(default: the library's models).")] = None,
+    rescan_every: Annotated[float, typer.Option("--rescan-every", min=0.0, help="Seconds between full scans, for "
+                                                "events a platform drops (0: never).")] = 3600.0,
+    debounce: Annotated[float, typer.Option("--debounce", min=0.0, help="Seconds of quiet before a batch of "
+                                            "changes is indexed.")] = 2.0,
+    hidden: Annotated[bool, typer.Option("--hidden", help="Also index hidden folders and files.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    device: DeviceOpt = "auto",
+    library: LibraryOpt = None,
+) -> None:
+    """Keep the library current as files arrive, change, move and disappear (Ctrl-C stops)."""
+    import time
+
+    from searchlite.errors import LibraryError
+
+    lib = open_library(library, device, batch_size, create=True)
+    roots = [str(p) for p in paths] if paths else [r for r in lib.catalog.roots().values() if "://" not in r]
+    if not roots:
+        raise LibraryError("nothing to watch: name the folders (`searchlite watch PATH...`)")
+
+    def report(run) -> None:
+        s = run.stats
+        what = "full scan" if run.full else ", ".join(run.folders)
+        print(f"{what}: added {s.added}, updated {s.updated}, moved {s.moved}, removed {s.removed}, "
+              f"failed {s.failed} in {s.seconds:.1f}s", flush=True)
+
+    watcher = lib.watch(roots, model or (), rescan_every=rescan_every or None, debounce=debounce,
+                        include_hidden=hidden, on_run=report)
+    print(f"watching {', '.join(watcher.roots)} (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping")
+    finally:
+        watcher.stop()

@@ -200,6 +200,8 @@ def serve(
                                            "only).")] = False,
     allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help="Also answer HTTP requests whose Host "
                                                          "header is this name (repeatable).")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Also keep the library current with its folders (see "
+                                        "`searchlite watch`): new photos are searchable seconds after they land.")] = False,
     device: DeviceOpt = "auto",
     library: LibraryOpt = None,
     precision: PrecisionOpt = "auto",
@@ -228,6 +230,10 @@ def serve(
             token = secrets.token_urlsafe(32)
     lib = open_library(library, device, precision=precision, resident=True)
     print(f"serving {lib.path} on {socket_path(lib.path)} (Ctrl-C to stop)", flush=True)
+    watcher = lib.watch([r for r in lib.catalog.roots().values() if "://" not in r and Path(r).is_dir()]) \
+        if watch else None
+    if watcher is not None:
+        print(f"watching {', '.join(watcher.roots) or 'no folders'}", flush=True)
     try:
         if bind is None:
             run_server(lib, model or [], idle_timeout=idle_timeout)
@@ -240,6 +246,9 @@ def serve(
         serve_http(lib, bind[0], bind[1], token, allow_hosts=allow_host or (), models=model or ())
     except KeyboardInterrupt:
         print("stopped")
+    finally:
+        if watcher is not None:
+            watcher.stop()
 
 
 @app.command()

@@ -93,7 +93,7 @@ def watch(
     """Keep the library current as files arrive, change, move and disappear (Ctrl-C stops)."""
     import time
 
-    from searchlite.errors import LibraryError
+    from searchlite import LibraryError
 
     lib = open_library(library, device, batch_size, create=True)
     roots = [str(p) for p in paths] if paths else [r for r in lib.catalog.roots().values() if "://" not in r]

@@ -6,6 +6,7 @@ registers them on the shared typer app.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import typer
@@ -47,6 +48,10 @@ def known_failure(exc: BaseException) -> str | None:
 
 def main() -> None:
     """Entry point: every error a user can cause becomes one line on stderr and a non-zero exit."""
+    if len(sys.argv) <= 1:  # no command: the help on stderr and exit 2, as click >= 8.2 does (8.1 exited 0)
+        with contextlib.redirect_stdout(sys.stderr), contextlib.suppress(ClickException, *_EXITS):
+            app(["--help"], standalone_mode=False)
+        sys.exit(2)
     try:
         app(standalone_mode=False)
     except SearchliteError as exc:

@@ -325,3 +325,61 @@ def test_zoo_openclip_aliases_name_known_architectures_and_tags():
         assert (arch, tag) in known, alias
         if arch.startswith("nllb-clip"):
             assert e.lang == "eng_Latn"
+
+
+@pytest.mark.slow
+def test_bench_lang_on_chinese_captions(families, photos, tmp_path):
+    """`bench --lang zho_Hans` on Chinese captions: the nllb model's recall equals the one computed
+    from open_clip's reference vectors with that language; a model without languages in the same
+    run ignores --lang."""
+    from searchlite.evaluation.datasets import read_captions
+    from searchlite.evaluation.metrics import retrieval_metrics
+
+    paths = sorted(photos.iterdir())
+    captions = ["一只猫的照片", "海滩上的红色汽车", "雪中的两只狗", "日落时的大树", "人与家", "东京的夜景", "蓝色的天空",
+                "红色的圆", "绿色的树"]
+    dataset = tmp_path / "set"
+    dataset.mkdir()
+    for p in paths:
+        (dataset / p.name).write_bytes(p.read_bytes())
+    (dataset / "captions.jsonl").write_text("\n".join(json.dumps({"image": p.name, "caption": c}, ensure_ascii=False)
+                                                      for p, c in zip(paths, captions)))
+    nllb, pe = f"openclip:{families['nllb-siglip']}", f"openclip:{families['pe-core']}"
+    out = CliRunner().invoke(app, ["bench", str(dataset), "-m", nllb, "-m", pe, "--lang", "zho_Hans", "--json",
+                                   "-L", str(tmp_path / "cache"), "--device", "cpu", "--precision", "fp32"], env=ENV)
+    assert out.exit_code == 0, out.output + str(out.exception)
+    result = json.loads(out.stdout)
+    ds = read_captions(dataset, None, None)
+    texts, relevant, _ = ds.queries()
+    order = [dataset / Path(p).name for p in ds.images]
+    ref_img, ref_txt, _, _ = reference_vectors(families["nllb-siglip"], order, texts, "zho_Hans")
+    expected = retrieval_metrics(ref_txt @ ref_img.T, relevant, (1, 5, 10))
+    assert result["models"][nllb]["text_to_image"] == pytest.approx(expected, abs=1e-9)
+    assert pe in result["models"]
+
+
+@pytest.mark.slow
+def test_lang_through_the_socket_server_and_the_http_api(families, libraries):
+    """`lang` reaches the model through the socket server's search args and /api/search?lang=
+    (URL-encoded Chinese text): the same results as Library.search with that language."""
+    from fastapi.testclient import TestClient
+
+    from searchlite.library import Library
+    from searchlite.server import handle
+    from searchlite.web.app import create_app
+
+    lib = Library(libraries["nllb-siglip"], device="cpu", precision="fp32")
+    query = "雪中的两只狗"
+    expected = {lang: [(r.image_id, round(r.score, 6)) for r in lib.search(query, k=5, lang=lang)]
+                for lang in ("zho_Hans", "jpn_Jpan")}
+    assert expected["zho_Hans"] != expected["jpn_Jpan"]
+    for lang, rows in expected.items():
+        reply = handle(lib, {"command": "search", "args": {"text": query, "k": 5, "lang": lang}})
+        assert reply["ok"], reply
+        assert [(r["image_id"], round(r["score"], 6)) for r in reply["results"]] == rows
+        page = TestClient(create_app(lib), base_url="http://127.0.0.1:8765").get(
+            "/api/search", params={"q": query, "k": 5, "lang": lang}).json()
+        assert [(r["image_id"], round(r["score"], 6)) for r in page["results"]] == rows
+    bad = handle(lib, {"command": "search", "args": {"text": query, "lang": "xx_Yyyy"}})
+    assert not bad["ok"] and "unknown language code" in bad["error"]
+    lib.catalog.engine.dispose()

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from searchlite.cli.common import DeviceOpt, JsonOpt, LibraryOpt, PrecisionOpt, Progress, app, open_library
+from searchlite.cli.common import DeviceOpt, JsonOpt, LangOpt, LibraryOpt, PrecisionOpt, Progress, app, open_library
 
 
 def _bench_library(dataset: Path, library: Path | None, device: str, precision: str = "auto"):
@@ -39,6 +39,7 @@ def bench(
     split: Annotated[str | None, typer.Option("--split", help="Karpathy split (e.g. test).")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write recall@k curves to a PNG.")] = None,
     pairs: Annotated[Path | None, typer.Option("--pairs", help="Image->image: CSV of (query, relevant) pairs.")] = None,
+    lang: LangOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     library: Annotated[Path | None, typer.Option("--library", "-L", help="Bench cache library.")] = None,
@@ -74,7 +75,8 @@ def bench(
         if image_task:
             result = run_image_bench(lib, labelled, model, k_values, index_type, progress)
         else:
-            result = run_bench(lib, ds, model, rerank or (), k_values, template, candidates, index_type, progress)
+            result = run_bench(lib, ds, model, rerank or (), k_values, template, candidates, index_type, progress,
+                               lang=lang)
     finally:
         progress.close()
     if plot:

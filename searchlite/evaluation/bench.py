@@ -163,8 +163,10 @@ def split_pair(pair: str, known: Sequence[str] = ()) -> tuple[str, str]:
 
 def run_bench(library, dataset: CaptionDataset, specs: Sequence[str], reranks: Sequence[str] = (),
               ks: Sequence[int] = (1, 5, 10), template: str | None = None, candidates: int = 100,
-              index_type: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Benchmark models on a captioned dataset; returns the ``--json`` object."""
+              index_type: str | None = None, progress: Callable[[int, int], None] | None = None,
+              lang: str | None = None) -> dict:
+    """Benchmark models on a captioned dataset; returns the ``--json`` object. ``lang``: the
+    captions' language code, for the models that take one (nllb-clip); the others ignore it."""
     if not dataset.images:
         raise DatasetError("the dataset has no images")
     check_template(template)
@@ -179,7 +181,9 @@ def run_bench(library, dataset: CaptionDataset, specs: Sequence[str], reranks: S
     sims: dict[str, np.ndarray] = {}
     for spec in needed:
         img = dataset_vectors(library, dataset, spec)
-        txt = library.text_vectors(library.model_row(spec), [template.format(t) if template else t for t in texts])
+        model_row = library.model_row(spec)
+        code = lang if lang and getattr(library.text_encoder(model_row), "default_lang", None) else None
+        txt = library.text_vectors(model_row, [template.format(t) if template else t for t in texts], code)
         s = txt @ img.T
         sims[spec] = s
         if spec in specs:

@@ -147,7 +147,8 @@ class Library:
               workers: int | None = None, draft: bool = True, include_hidden: bool = False,
               raw_pairs: str = "prefer-jpeg", progress: Callable[[int, int], None] | None = None,
               engine: str = "local", ray_address: str | None = None, gpus_per_worker: float = 1.0,
-              shards: str | Path | None = None) -> IndexStats:
+              shards: str | Path | None = None, exclude: Sequence[str] | None = None,
+              default_excludes: bool | None = None) -> IndexStats:
         """Incrementally index folders (or URIs) with one or more models (default: the models that
         have indexed this library, else the default model). ``engine="ray"`` runs decoding and
         embedding on Ray Data (``workers`` = model actors there)."""
@@ -163,7 +164,8 @@ class Library:
             specs = [row.spec for row in rows] or [DEFAULT_MODEL]
         loaded = [(spec, self.embedder(spec)) for spec in specs]
         pairs = [(self.register(spec, emb, indexed=True, index_type=index_type), emb) for spec, emb in loaded]
-        common = dict(batch_size=self.batch_size, draft=draft, include_hidden=include_hidden, raw_pairs=raw_pairs)
+        common = dict(batch_size=self.batch_size, draft=draft, include_hidden=include_hidden, raw_pairs=raw_pairs,
+                      excludes=exclude, default_excludes=default_excludes)  # None: the rules stored with each root
         if engine == "ray":
             from searchlite.indexer.ray_engine import RayIndexer
 

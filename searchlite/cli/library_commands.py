@@ -58,6 +58,13 @@ def index(
                                                 "inside the library, deleted once committed).")] = None,
     raw_pairs: Annotated[str, typer.Option("--raw-pairs", help="prefer-jpeg: a RAW beside a JPEG/HEIC of the same "
                                            "name is one photo, shown as the JPEG; both: index each")] = "prefer-jpeg",
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Leave out paths matching this gitignore-"
+                                                      "style pattern, relative to the root (repeatable; kept with the "
+                                                      "root for later runs; --exclude '' clears).")] = None,
+    default_excludes: Annotated[bool | None, typer.Option("--default-excludes/--no-default-excludes", help="Leave out "
+                                                          "@eaDir, #recycle, .Trash-*, $RECYCLE.BIN, *.lrdata, "
+                                                          ".thumbnails (kept with the root; default: on).",
+                                                          show_default=False)] = None,
     library: LibraryOpt = None,
     precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
@@ -73,7 +80,8 @@ def index(
     try:
         stats = lib.index(paths, model or (), index_type=index_type, workers=workers, draft=not no_draft,
                           include_hidden=hidden, raw_pairs=raw_pairs, progress=progress, engine=engine,
-                          ray_address=ray_address, gpus_per_worker=gpus_per_worker, shards=shards)
+                          ray_address=ray_address, gpus_per_worker=gpus_per_worker, shards=shards,
+                          exclude=exclude, default_excludes=default_excludes)
     finally:
         progress.close()
     if as_json:

@@ -31,6 +31,7 @@ from sqlalchemy import delete, insert, select, update
 from searchlite.catalog import Catalog, ImageRow, ModelRow, RunRow, VectorRow, chunked, join_path, utcnow
 from searchlite.errors import ImageDecodeError, LibraryError
 from searchlite.imaging import load_image
+from searchlite.indexer.exclude import excluder_for
 from searchlite.indexer.scan import (
     RAW_PAIRS,
     SCAN_CHUNK,
@@ -155,8 +156,12 @@ class Indexer:
 
     def __init__(self, catalog: Catalog, models: Sequence[tuple[ModelRow, Embedder]], *, batch_size: int = 32,
                  raw_pairs: str = "prefer-jpeg", workers: int | None = None, draft: bool = True, include_hidden: bool = False,
-                 checkpoint_seconds: float = CHECKPOINT_SECONDS) -> None:
+                 checkpoint_seconds: float = CHECKPOINT_SECONDS, excludes: Sequence[str] | None = None,
+                 default_excludes: bool | None = None) -> None:
         self.catalog = catalog
+        #: exclusion rules given to this run (None: the ones stored with each root), see indexer/exclude.py
+        self.excludes = list(excludes) if excludes is not None else None
+        self.default_excludes = default_excludes
         self.models = [m for m, _ in models]
         self.embedders = [e for _, e in models]
         self.batch_size = batch_size
@@ -297,8 +302,10 @@ class Indexer:
                 root_id, prefix = resolve_root(self.catalog, root)
                 skipped: dict[str, int] = {}
                 lister = walk_uri if "://" in root else walk
+                rules = {} if "://" in root else {"exclude": excluder_for(
+                    self.catalog, root_id, self.catalog.roots()[root_id], self.excludes, self.default_excludes)}
                 entries = lister(Path(root) if "://" not in root else root, self.include_hidden, self.raw_pairs,
-                                 skipped)
+                                 skipped, **rules)
                 while chunk := [e for _, e in zip(range(SCAN_CHUNK), entries)]:
                     scan.add(root_id, [FileEntry(prefix + e.relpath, e.size, e.mtime_ns, e.error,
                                                  prefix + e.companion if e.companion else None) for e in chunk])

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from searchlite.catalog import Catalog, FsPath, ImageRow, Root, chunked
 from searchlite.errors import LibraryError
+from searchlite.indexer.exclude import Excluder
 from searchlite.imaging import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from searchlite.paths import as_bytes, to_db
 from searchlite.rawphoto import RAW_EXTENSIONS
@@ -57,14 +58,17 @@ def pair_raws(names: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def walk(root: Path, include_hidden: bool = False, raw_pairs: str = "prefer-jpeg",
-         skipped: dict[str, int] | None = None) -> Iterator[FileEntry]:
+         skipped: dict[str, int] | None = None, exclude: Excluder | None = None) -> Iterator[FileEntry]:
     """Yield image files under ``root`` (streaming, sorted per folder).
 
     Symlinked folders are followed, but a folder already visited (same device and inode) is
     never entered twice, so symlink loops terminate. Dangling links come back with an error.
     With ``raw_pairs="prefer-jpeg"`` a RAW+JPEG pair yields the JPEG with the RAW as companion.
-    Videos are counted in ``skipped["videos"]``.
+    Videos are counted in ``skipped["videos"]``. Files and folders ``exclude`` rules out are
+    skipped (see :mod:`searchlite.indexer.exclude`); an excluded folder is never entered.
     """
+    if exclude is not None and exclude.inside_excluded(root):
+        return
     seen: set[tuple[int, int]] = set()
     stack = [root]
     while stack:
@@ -89,6 +93,8 @@ def walk(root: Path, include_hidden: bool = False, raw_pairs: str = "prefer-jpeg
                 is_dir = entry.is_dir(follow_symlinks=True)
             except OSError:
                 is_dir = False
+            if exclude is not None and exclude.excluded(entry.path, is_dir):
+                continue
             if is_dir:
                 subdirs.append(Path(entry.path))
                 continue

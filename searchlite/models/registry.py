@@ -3,6 +3,8 @@
 Specs:
   ``openclip:<arch>@<pretrained tag | checkpoint file>``  e.g. ``openclip:ViT-B-32-quickgelu@openai``
   ``openclip:<folder>``                                   a folder with open_clip_config.json + weights
+  ``openclip:<arch>@<tag | file>?tokenizer=<folder>``     a local copy of the hub tokenizer the
+                                                          architecture names (offline SigLIP, nllb, worldwide)
   ``hf:<hub id | local folder>``                          e.g. ``hf:google/siglip-so400m-patch14-384``
   an alias from :data:`ALIASES` (``siglip``, ``siglip-base``, ``clip``, ``align``, ``demo``).
 """

@@ -65,8 +65,8 @@ def index(
                                                           "@eaDir, #recycle, .Trash-*, $RECYCLE.BIN, *.lrdata, "
                                                           ".thumbnails (kept with the root; default: on).",
                                                           show_default=False)] = None,
-    library: LibraryOpt = None,
     precision: PrecisionOpt = "auto",
+    library: LibraryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Index (or update) folders of images: new, changed, moved and deleted files."""
@@ -152,14 +152,17 @@ def compare(
     candidates: Annotated[int, typer.Option("--candidates", min=1)] = 100,
     shared: Annotated[bool, typer.Option("--shared-pool", help="Every model re-scores the first model's pool.")] = False,
     template: Annotated[str | None, typer.Option("--template", help="Prompt template for every model.")] = None,
+    folder: FolderOpt = None, glob: GlobOpt = None, after: AfterOpt = None, before: BeforeOpt = None,
+    min_width: MinWOpt = None, min_height: MinHOpt = None, fmt: FormatOpt = None,
     device: DeviceOpt = "auto",
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Side-by-side top-k of several models, with where they agree."""
+    """Side-by-side top-k of several models, with where they agree (filters as in `search`)."""
     specs = [m.strip() for m in models.split(",") if m.strip()]
+    filters = parse_filters(folder, glob, after, before, min_width, min_height, fmt)
     out = open_library(library, device).compare(text, specs, k, candidates=candidates, shared_pool=shared,
-                                                template=template)
+                                                template=template, filters=filters)
     if as_json:
         print(json.dumps({spec: [r.as_dict() for r in res] for spec, res in out.items()}, indent=1))
         return
@@ -211,8 +214,8 @@ def serve(
     watch: Annotated[bool, typer.Option("--watch", help="Also keep the library current with its folders (see "
                                         "`searchlite watch`): new photos are searchable seconds after they land.")] = False,
     device: DeviceOpt = "auto",
-    library: LibraryOpt = None,
     precision: PrecisionOpt = "auto",
+    library: LibraryOpt = None,
 ) -> None:
     """Keep models loaded and answer `search` / `similar` instantly; with --http, also the web page (Ctrl-C stops)."""
     import threading
@@ -279,9 +282,9 @@ def status(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
             continue
         print(f"model {m['model']} ({m['family']}, d={m['dim']}): {count} vectors, index {m['index']} "
               f"({m['index_type']}, {m['stale']} deleted awaiting compaction){', calibrated' if m['calibrated'] else ''}")
-
         if m.get("precision"):
             print("  embedded in " + ", ".join(f"{p} {n}" for p, n in sorted(m["precision"].items())))
+
 
 @app.command()
 def errors(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:

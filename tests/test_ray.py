@@ -209,3 +209,23 @@ def test_an_explicit_address_of_a_head_node_with_token_auth(tmp_path, photos, hf
     assert set(a) == set(b) and len(a) == 40
     assert min(float(a[p] @ b[p]) for p in a) >= 0.99999
     assert not _ray_processes_under(str(temp))
+
+
+def test_ray_engine_indexes_file_names_that_are_not_utf8(tmp_path, hf_siglip, local_ray):
+    """Paths travel as bytes through Ray Data and the shards (path escaped + path_bytes exact)."""
+    from searchlite.sample_data import generate
+
+    photos = tmp_path / "photos"
+    generate.generate(photos, 4, 1, "test")
+    first = sorted(photos.glob("*.png"))[0]
+    odd = os.fsdecode(os.path.join(os.fsencode(photos), b"bad\xff\xfename.png"))
+    os.rename(first, odd)
+    spec = f"hf:{hf_siglip}"
+    local = Library(tmp_path / "local", device="cpu")
+    local.index([photos], [spec])
+    distributed = Library(tmp_path / "ray", device="cpu")
+    stats = distributed.index([photos], [spec], engine="ray")
+    assert (stats.added, stats.failed) == (4, 0)
+    a, b = _vectors(local, spec), _vectors(distributed, spec)
+    assert odd in b and set(a) == set(b)
+    assert min(float(a[p] @ b[p]) for p in a) >= 0.99999

@@ -26,6 +26,7 @@ from searchlite.faults import crashpoint
 from searchlite.indexer.pipeline import Done, Indexer, Work, decode
 from searchlite.indexer.scan import ScanTable
 from searchlite.models.base import InputSize, input_size_of
+from searchlite.paths import as_bytes, printable
 from searchlite.store import VectorWriter
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class DecodeTask:
 
         start = time.perf_counter()
         n = len(batch["image_id"])
-        done = [decode(Work(int(batch["image_id"][j]), str(batch["path"][j]), str(batch["state"][j]),
+        done = [decode(Work(int(batch["image_id"][j]), os.fsdecode(batch["path"][j]), str(batch["state"][j]),
                             batch["old_sha"][j] or None, int(batch["size"][j]), int(batch["mtime_ns"][j]),
                             [int(m) for m in batch["missing"][j]]), self.preprocessors, self.sizes, self.vanished,
                        self.draft) for j in range(n)]
@@ -216,6 +217,10 @@ class RayIndexer(Indexer):
             elif key not in ("node", "embed_node"):
                 columns[key] = list(value) if value.dtype == object else value
         columns["sha256"] = columns.pop("sha")
+        # the import schema: path as text (escaped when the name is not UTF-8), its exact bytes beside
+        names = [os.fsdecode(p) for p in batch["path"]]
+        columns["path"] = [printable(n) for n in names]
+        columns["path_bytes"] = pa.array([as_bytes(n) if printable(n) != n else None for n in names], pa.binary())
         path = self.shards / f"part-{number:06d}.parquet"
         tmp = path.with_name(path.name + ".tmp")
         pq.write_table(pa.table(columns), tmp)
@@ -233,6 +238,8 @@ class RayIndexer(Indexer):
         import pyarrow.parquet as pq
 
         table = pq.read_table(path).to_pydict()
+        exact = table.get("path_bytes") or [None] * len(table["path"])
+        table["path"] = [os.fsdecode(b) if b is not None else p for p, b in zip(table["path"], exact)]
         done = []
         vector_keys = {i: ("vector" if i == 0 else f"vector_{i}") for i in range(len(self.models))}
         for j, image_id in enumerate(table["image_id"]):
@@ -285,7 +292,8 @@ class RayIndexer(Indexer):
     # -- the pipeline ---------------------------------------------------------------------------
     def _embed_all(self, scan: ScanTable, writer: VectorWriter, total: int,
                    progress: Callable[[int, int], None] | None) -> None:
-        items = [dict(image_id=w.image_id, path=w.path, state=w.state, old_sha=w.old_sha or "", size=w.size,
+        # paths travel as bytes: a file name that is not UTF-8 cannot be an Arrow string
+        items = [dict(image_id=w.image_id, path=as_bytes(w.path), state=w.state, old_sha=w.old_sha or "", size=w.size,
                       mtime_ns=w.mtime_ns, missing=w.missing) for w in self._work_items(scan)]
         if not items:
             return

@@ -166,3 +166,51 @@ def test_search_similar_detail_back_upload_and_compare(server, browser, hf_sigli
     assert agreed == [r["id"] for r in api["demo"] if r["also_in"]]
     page.screenshot(path=str(ARTIFACTS / "compare.png"))
     page.close()
+
+
+def _no_sideways_scroll(page) -> None:
+    assert page.evaluate("document.scrollingElement.scrollWidth <= innerWidth"), page.evaluate(
+        "[document.scrollingElement.scrollWidth, innerWidth]")
+
+
+def test_duplicates_view_and_the_phone_layout(server, browser):
+    """At 390 x 844 the top bar wraps (the whole query box and the Search button on screen) and no
+    page scrolls sideways; the Duplicates view (its own URL) shows the API's groups, keeper marked."""
+    base, root, token = server
+    ARTIFACTS.mkdir(exist_ok=True)
+    bearer = {"Authorization": f"Bearer {token}"}
+    page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    page.goto(f"{base}/?token={token}")
+    page.wait_for_selector("body[data-ready]")
+    page.fill("#q", "three yellow triangles")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#grid .card")
+    for selector in ("#q", "#go", "#duplicates-link"):
+        box = page.locator(selector).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (selector, box)
+    _no_sideways_scroll(page)
+    page.screenshot(path=str(ARTIFACTS / "phone-search.png"))
+    # the Duplicates view: from the link, and by its own URL
+    from urllib.error import HTTPError
+
+    with pytest.raises(HTTPError) as refused:  # the same auth as the rest (no cookie, no token)
+        urlopen(f"{base}/api/duplicates", timeout=30)
+    assert refused.value.code == 401
+    bad = page.request.get(f"{base}/api/duplicates", params={"threshold": "2"}, headers=bearer)
+    assert bad.status == 400 and "threshold" in bad.json()["error"]
+    api = page.request.get(f"{base}/api/duplicates", params={"threshold": "0.85"}, headers=bearer).json()
+    assert api["groups"], "the sample photos should hold near copies at 0.85 with the demo model"
+    page.click("#duplicates-link")
+    page.wait_for_url(re.compile(r"view=duplicates"))
+    page.goto(f"{base}/?view=duplicates&threshold=0.85")
+    page.wait_for_selector("#duplicates-view .dup-group")
+    shown = page.eval_on_selector_all("#duplicates-view .dup-group", """gs => gs.map(g => ({
+        keep: g.querySelector('.dup.keep').dataset.path,
+        members: [...g.querySelectorAll('.dup')].map(d => d.dataset.path)}))""")
+    assert shown == [{"keep": g["keep"], "members": [m["path"] for m in g["members"]]} for g in api["groups"]]
+    assert not page.locator("#duplicates-view button").count()  # nothing to move or delete here
+    _no_sideways_scroll(page)
+    page.screenshot(path=str(ARTIFACTS / "phone-duplicates.png"))
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.screenshot(path=str(ARTIFACTS / "duplicates.png"))
+    page.close()

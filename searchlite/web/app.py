@@ -344,6 +344,20 @@ def create_app(lib: Any, token: str | None = None, *, bound_host: str | None = N
         info["roots"] = [printable(root) for root in info.get("roots", [])]
         return info
 
+    @app.get("/api/duplicates")
+    def duplicates(filters: QueryFilters, model: Text = None,
+                   threshold: Annotated[float | None, Query(ge=-1.0, le=1.0)] = None,
+                   k: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Offset = 0) -> dict:
+        """Duplicate groups (read-only: nothing is moved or deleted from the page), largest first,
+        ``k`` groups from ``offset``; members carry ids for their thumbnails, never a served path."""
+        with lib.lock:
+            groups, _ = lib.duplicates(known(model), threshold, filters=filters)
+        page = groups[offset:offset + k]
+        return {"groups": [{"keep": printable(g.keep), "members": [
+                    {**m.as_dict(), "path": printable(m.path), "id": m.image_id, "keep": m.path == g.keep,
+                     "thumbnail": f"/api/thumbnail/{m.image_id}"} for m in g.members]} for g in page],
+                "total": len(groups), "next_offset": offset + k if offset + k < len(groups) else None}
+
     @app.get("/")
     def page() -> FileResponse:
         return FileResponse(str(STATIC / "index.html"), media_type="text/html")

@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 30;
-let state = { q: "", similar: null, model: "", compare: [] };
+let state = { q: "", similar: null, model: "", compare: [], view: "" };
 let nextOffset = null;
 let loading = false;
 let lastUpload = null;
@@ -76,7 +76,7 @@ async function openDetail(result) {
   add("taken", result.taken_at || "unknown");
   add("size", result.width && result.height ? `${result.width} × ${result.height}` : "unknown");
   add("probability", result.probability.toFixed(3));
-  $("detail-similar").onclick = () => { $("detail").close(); go({ q: "", similar: result.id }); };
+  $("detail-similar").onclick = () => { $("detail").close(); go({ q: "", similar: result.id, view: "" }); };
   $("detail").showModal();
   if (state.q) {
     try {
@@ -149,9 +149,68 @@ async function runCompare() {
   $("status").textContent = `${models.length} models side by side; ✓ marks photos the others also found`;
 }
 
+function size(bytes) {
+  if (bytes >= 1 << 20) return `${(bytes / (1 << 20)).toFixed(1)} MB`;
+  return bytes >= 1024 ? `${(bytes / 1024).toFixed(0)} KB` : `${bytes} B`;
+}
+
+// The Duplicates view (?view=duplicates): each group side by side, the suggested keeper marked;
+// it only shows them (moving copies away is `searchlite duplicates --move-to`).
+async function runDuplicates() {
+  const view = $("duplicates-view");
+  view.replaceChildren();
+  const p = filterParams();
+  p.delete("min_prob");
+  const threshold = new URLSearchParams(location.search).get("threshold");
+  if (threshold) p.set("threshold", threshold);
+  $("status").textContent = "looking for duplicates…";
+  const out = await api(`/api/duplicates?${p}`);
+  for (const group of out.groups) {
+    const row = document.createElement("section");
+    row.className = "dup-group";
+    for (const m of group.members) {
+      const div = document.createElement("figure");
+      div.className = "dup" + (m.keep ? " keep" : "");
+      div.dataset.path = m.path;
+      const img = document.createElement("img");
+      img.loading = "lazy";
+      img.src = m.thumbnail;
+      img.alt = m.path.split("/").pop();
+      img.addEventListener("click", () => openDetail({ ...m, image: `/api/image/${m.id}`, probability: m.similarity }));
+      const caption = document.createElement("figcaption");
+      const lines = [m.keep ? "keep" : `similarity ${m.similarity.toFixed(3)}`,
+        `${m.width || "?"} × ${m.height || "?"}, ${size(m.size)}`, m.taken_at ? m.taken_at.slice(0, 16).replace("T", " ") : "date unknown",
+        m.path];
+      for (const text of lines) {
+        const line = document.createElement("span");
+        line.textContent = text;
+        caption.append(line);
+      }
+      div.append(img, caption);
+      row.append(div);
+    }
+    view.append(row);
+  }
+  const copies = out.groups.reduce((n, g) => n + g.members.length - 1, 0);
+  $("status").textContent = out.total ? `${out.total} groups of duplicates` +
+    (out.next_offset === null ? "" : ` (first ${out.groups.length} shown)`) + `; ${copies} copies of a kept photo`
+    : "no duplicates found";
+}
+
 async function run() {
   $("grid").replaceChildren();
   $("compare-view").replaceChildren();
+  const duplicates = state.view === "duplicates";
+  $("duplicates-view").hidden = !duplicates;
+  if (duplicates) {
+    $("grid").hidden = true;
+    $("compare-view").hidden = true;
+    nextOffset = null;
+    showError("");
+    try { await runDuplicates(); } catch (e) { showError(e.message); }
+    return;
+  }
+  $("duplicates-view").replaceChildren();
   $("q").value = state.q;
   if (state.model) $("model").value = state.model;
   const comparing = state.compare.length > 0 && state.q;
@@ -174,6 +233,7 @@ function urlOf(s) {
   if (s.similar && s.similar !== "upload") p.set("similar", s.similar);
   if (s.model) p.set("model", s.model);
   if (s.compare.length) p.set("compare", s.compare.join(","));
+  if (s.view) p.set("view", s.view);
   return p.toString() ? `/?${p}` : "/";
 }
 
@@ -190,6 +250,7 @@ function fromUrl() {
     similar: p.get("similar") ? Number(p.get("similar")) : null,
     model: p.get("model") || "",
     compare: (p.get("compare") || "").split(",").filter(Boolean),
+    view: p.get("view") === "duplicates" ? "duplicates" : "",
   };
 }
 
@@ -197,9 +258,9 @@ function search(file) {
   const compare = $("compare").checked ? [...$("compare-models").selectedOptions].map((o) => o.value) : [];
   if (file) {
     lastUpload = file;
-    go({ q: "", similar: "upload", compare: [] });
+    go({ q: "", similar: "upload", compare: [], view: "" });
   } else {
-    go({ q: $("q").value.trim(), similar: null, model: $("model").value, compare });
+    go({ q: $("q").value.trim(), similar: null, model: $("model").value, compare, view: "" });
   }
 }
 
@@ -207,6 +268,10 @@ async function init() {
   $("search-form").addEventListener("submit", (e) => { e.preventDefault(); search(); });
   $("upload").addEventListener("change", () => $("upload").files[0] && search($("upload").files[0]));
   $("detail-close").addEventListener("click", () => $("detail").close());
+  $("duplicates-link").addEventListener("click", (e) => {
+    e.preventDefault();
+    go({ q: "", similar: null, compare: [], view: "duplicates" });
+  });
   document.addEventListener("keydown", (e) => {
     if (e.key === "/" && !["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement.tagName)) {
       e.preventDefault();

@@ -8,7 +8,7 @@ import hashlib
 import json
 import shutil
 import sqlite3
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np

@@ -19,8 +19,8 @@ from sqlalchemy.engine import Connection
 
 from searchlite.catalog import Catalog, FsPath, ImageRow, Root, chunked
 from searchlite.errors import LibraryError
-from searchlite.indexer.exclude import Excluder
 from searchlite.imaging import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from searchlite.indexer.exclude import Excluder
 from searchlite.paths import as_bytes, to_db
 from searchlite.rawphoto import RAW_EXTENSIONS
 

@@ -202,5 +202,6 @@ def load_embedder(spec: str | ModelSpec, device: str = "auto", batch_size: int =
     if parsed.backend == "openclip":  # a missing hub tokenizer fails here, before torch is imported
         from searchlite.models.openclip import preflight
 
-        preflight(parsed.source, parsed.tokenizer)
+        entry = parsed.entry
+        preflight(parsed.source, parsed.tokenizer or (entry.text.get("tokenizer") if entry else None))
     return _load(parsed, resolve_device(device), batch_size, check_precision(precision))

@@ -183,7 +183,9 @@ class OpenClipEmbedder(TorchEmbedder):
             pass
         elif _is_folder_tokenizer(tokenizer) and (Path(tokenizer).expanduser() / "config.json").is_file():
             # a local folder given for an nllb-style tower serves its model config too
-            overrides["text_cfg"] = {**copy.deepcopy(text_cfg), "hf_model_name": str(Path(tokenizer).expanduser())}
+            # (the full checkpoint holds the text weights: build the tower from the config only)
+            overrides["text_cfg"] = {**copy.deepcopy(text_cfg), "hf_model_name": str(Path(tokenizer).expanduser()),
+                                     "hf_model_pretrained": False}
         else:
             _text_model_config(arch, text_cfg)
         try:

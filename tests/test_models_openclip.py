@@ -387,3 +387,32 @@ def test_lang_through_the_socket_server_and_the_http_api(families, photos, tmp_p
     bad = handle(lib, {"command": "search", "args": {"text": query, "lang": "xx_Yyyy"}})
     assert not bad["ok"] and "unknown language code" in bad["error"]
     lib.catalog.engine.dispose()
+
+
+def test_nllb_builtin_architecture_offline_from_one_local_folder(families, tmp_path):
+    """An nllb-style architecture whose config names hub repos for both its tokenizer and its text
+    model config: `?tokenizer=<folder>` with the tokenizer files and the text model's config.json
+    serves both, and the embeddings equal the local-dir reference's (same weights), per language."""
+    import shutil
+
+    import open_clip
+
+    from searchlite.models import load_embedder
+
+    src = families["nllb-siglip"]
+    local = tmp_path / "nllb-local"
+    local.mkdir()
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("open_clip_config.json", "open_clip_model.safetensors"):
+            shutil.copy(f, local / f.name)
+    shutil.copy(src / "text-model" / "config.json", local / "config.json")
+    config = json.loads((src / "open_clip_config.json").read_text())["model_cfg"]
+    config["text_cfg"].update(hf_model_name="facebook/not-in-any-cache", hf_tokenizer_name="facebook/not-in-any-cache")
+    arch = "Tiny-nllb-tokenizer-test"
+    (tmp_path / f"{arch}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / f"{arch}.json")
+    emb = load_embedder(f"openclip:{arch}@{src / 'open_clip_model.safetensors'}?tokenizer={local}", device="cpu",
+                        precision="fp32")
+    for lang in ("zho_Hans", "jpn_Jpan"):
+        _, ref_txt, _, _ = reference_vectors(src, [], QUERIES, lang)
+        np.testing.assert_allclose(emb.embed_texts(QUERIES, lang=lang), ref_txt, atol=ATOL)

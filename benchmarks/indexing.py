@@ -9,7 +9,7 @@ allow on this machine, measured in the same run; and memory while indexing many 
 precision: `searchlite index` of N generated 12 MP JPEGs with a SigLIP-base-size model (random
 init, hub-free: a transformers SigLIP checkpoint folder with a tiny SentencePiece tokenizer, both
 towers at base size: hidden 768, 12 layers, 12 heads, patch 16, 224 px), `--precision fp32` vs
-`--precision auto` in one run (alternating, `--repeats` times each, fresh libraries), timed by
+`--precision auto` (and with `--with-bf16` forced bf16) in one run (alternating, `--repeats` times each, fresh libraries), timed by
 `index --json` `seconds` (model load, validation and export excluded). Printed: img/s of each,
 the ratio, the stage bound in the chosen precision (1 / (1/forward + 1/draft decode over all
 cores)) and the pipeline's share of it, the min cosine between the two libraries' vectors, the
@@ -253,20 +253,22 @@ def precision(args) -> dict:
     cores = os.cpu_count() or 1
     extra = ["--batch-size", str(args.batch_size), "--device", "cpu"] + (["--workers", str(args.workers)]
                                                                         if args.workers else [])
-    runs: dict[str, list[float]] = {"fp32": [], "auto": []}
+    modes = ["fp32", "auto"] + (["bf16"] if args.with_bf16 else [])
+    runs: dict[str, list[float]] = {mode: [] for mode in modes}
     libs: dict[str, Path] = {}
     for r in range(args.repeats):
-        for mode in ("fp32", "auto"):
+        for mode in modes:
             lib = work / f"lib-{mode}-{r}"
             stats = _cli("index", str(photos), "-m", spec, "-L", str(lib), "--precision", mode, *extra)
             assert stats["added"] == args.images, stats
             runs[mode].append(args.images / stats["seconds"])
             libs[mode] = lib
             print(f"run {r + 1} {mode:5} {stats['seconds']:7.2f} s  {runs[mode][-1]:6.2f} img/s", flush=True)
-    fp32_rate, auto_rate = float(np.median(runs["fp32"])), float(np.median(runs["auto"]))
+    rates = {mode: float(np.median(v)) for mode, v in runs.items()}
+    fp32_rate, auto_rate = rates["fp32"], rates["auto"]
 
-    a, b = _vectors_by_path(libs["fp32"], spec), _vectors_by_path(libs["auto"], spec)
-    min_cos = min(float(a[p] @ b[p]) for p in a)
+    vectors = {mode: _vectors_by_path(libs[mode], spec) for mode in modes}
+    min_cos = {mode: min(float(vectors["fp32"][p] @ vectors[mode][p]) for p in vectors["fp32"]) for mode in modes[1:]}
 
     # the stage bound in the chosen precision, measured in this process (same machine, same run)
     emb = load_embedder(spec, device="cpu", batch_size=args.batch_size, precision="auto")
@@ -280,35 +282,47 @@ def precision(args) -> dict:
         pixels = np.stack(list(pool.map(prep, files)))
         decode_rate = len(files) / (time.perf_counter() - t)
     forward = {}
-    for mode in ("fp32", "auto"):
+    for mode in modes:
         m = load_embedder(spec, device="cpu", batch_size=args.batch_size, precision=mode)
         m.embed_pixels(pixels[: args.batch_size])  # warm-up
         t = time.perf_counter()
         m.embed_pixels(pixels)
         forward[mode] = len(files) / (time.perf_counter() - t)
-    bound = 1 / (1 / forward["auto"] + 1 / decode_rate)
-    bound_fp32 = 1 / (1 / forward["fp32"] + 1 / decode_rate)
+    bounds = {mode: 1 / (1 / forward[mode] + 1 / decode_rate) for mode in modes}
 
     # one query through the resident Library's choice of text tower
     from searchlite.library import Library
 
     resident = Library(libs["auto"], create=False, resident=True)
     resident.text_encoder(resident.model_row(spec))
-    query = resident.text_paths[resident.model_row(spec).id]
+    query = dict(resident.text_paths[resident.model_row(spec).id])
+    # and every candidate timed, whatever this machine chose
+    from searchlite.models.light import load_light_encoder
+    from searchlite.models.precision import one_query_ms
+
+    light = load_light_encoder(resident.export_folder(resident.model_row(spec)))
+    query["one_query_ms_all"] = {"onnx-fp32": one_query_ms(light, repeats=5) if light else None,
+                                 **{f"torch-{m}": one_query_ms(load_embedder(spec, device="cpu", precision=m), repeats=5)
+                                    for m in ("fp32", "bf16")}}
 
     result = {"machine": f"{cores} cores, {_cpu_name()}", "load_avg_1m": round(os.getloadavg()[0], 2),
               "images": args.images, "precision_auto": emb.precision, "precision_note": emb.precision_note,
-              "fp32_img_s": round(fp32_rate, 2), "auto_img_s": round(auto_rate, 2),
-              "ratio": round(auto_rate / fp32_rate, 2), "runs_img_s": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+              "img_s": {k: round(v, 2) for k, v in rates.items()}, "ratio_auto": round(auto_rate / fp32_rate, 2),
+              "ratio_to_fp32": {k: round(v / fp32_rate, 2) for k, v in rates.items()},
+              "runs_img_s": {k: [round(x, 2) for x in v] for k, v in runs.items()},
               "forward_img_s": {k: round(v, 2) for k, v in forward.items()},
-              "decode_img_s_all_cores": round(decode_rate, 2), "bound_img_s": round(bound, 2),
-              "bound_fp32_img_s": round(bound_fp32, 2), "share_of_bound": round(auto_rate / bound, 3),
-              "fp32_share_of_bound": round(fp32_rate / bound_fp32, 3), "min_cosine_fp32_vs_auto": round(min_cos, 6),
-              "query_text_tower": query}
-    if args.demo_images:
-        result["demo_bench"] = demo_bench(work, args.demo_images)
+              "decode_img_s_all_cores": round(decode_rate, 2), "bound_img_s": {k: round(v, 2) for k, v in bounds.items()},
+              "share_of_bound": {k: round(rates[k] / bounds[k], 3) for k in modes},
+              "min_cosine_to_fp32": {k: round(v, 6) for k, v in min_cos.items()},
+              "bf16_matmul_speedup": round(_speedup(), 2), "query_text_tower": query}
     for k, v in result.items():
-        print(f"{k:24} {v}")
+        print(f"{k:24} {v}", flush=True)
+    if args.demo_images:
+        try:
+            result["demo_bench"] = demo_bench(work, args.demo_images)
+        except Exception as exc:  # noqa: BLE001 - the indexing figures above still stand
+            result["demo_bench"] = f"failed: {exc}"
+        print(f"{'demo_bench':24} {result['demo_bench']}")
     return result
 
 
@@ -326,6 +340,12 @@ def demo_bench(work: Path, count: int) -> dict:
         out[mode] = {"recall@1": round(t2i["recall@1"], 4), "mrr": round(t2i["mrr"], 4)}
     out["delta_recall@1"] = round(out["bf16"]["recall@1"] - out["fp32"]["recall@1"], 4)
     return out
+
+
+def _speedup() -> float:
+    from searchlite.models.precision import cpu_bf16_speedup
+
+    return cpu_bf16_speedup()
 
 
 def _cpu_name() -> str:
@@ -349,6 +369,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="precision: runs of each mode")
     parser.add_argument("--workers", type=int, default=None, help="precision: decode threads (default: cores)")
     parser.add_argument("--demo-images", type=int, default=300, help="precision: demo bench split (0: skip)")
+    parser.add_argument("--with-bf16", action="store_true", help="precision: also run --precision bf16 (forced)")
     args = parser.parse_args()
     if args.what == "precision":
         args.images = args.images or 64

@@ -261,8 +261,11 @@ def is_writable(folder: Path) -> bool:
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         return False
     try:
-        if path.exists():
-            os.close(os.open(path, os.O_WRONLY))
+        # never open (and close) the catalog file itself: closing any descriptor of it drops every
+        # POSIX lock SQLite holds on it in this process, and another connection then deletes the
+        # -shm of a catalog still in use (corruption). A read-only mount shows in statvfs.
+        if hasattr(os, "statvfs") and os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1):
+            return False
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError:

@@ -366,3 +366,32 @@ def test_19_public_types_are_exported_and_front_ends_import_them_from_searchlite
             if isinstance(node, ast.ImportFrom) and node.module not in ("searchlite", "searchlite.library"):
                 wrong += [f"{path.name}: {a.name} from {node.module}" for a in node.names if a.name in PUBLIC]
     assert not wrong
+
+
+def test_a_read_command_beside_an_open_library_keeps_the_catalog_intact(tmp_path, hf_siglip):
+    """A second Library on a catalog this process already has open, then `searchlite status` in
+    another process: the writability probe of opening a catalog once opened and closed the catalog
+    file, which drops every POSIX lock SQLite holds on it in this process, so the other process's
+    last connection deleted the -shm still in use here ("disk I/O error", "database disk image is
+    malformed" next)."""
+    import sqlite3
+
+    spec = f"hf:{hf_siglip}"
+    vectors = synthetic(300, seed=12)
+    lib = Library(tmp_path / "lib", device="cpu")
+    _import(lib, spec, vectors[:200], tmp_path / "a.parquet")
+    row = lib.model_row(spec)
+    assert len(search_vectors(lib.catalog, row, lib.model_index(row), vectors[0], 5)) == 5  # connections open
+    again = Library(tmp_path / "lib", device="cpu")  # e.g. a server's request, a test's fresh view
+    assert len(again.search("x", spec, k=3)) == 3
+    env = dict(os.environ, SEARCHLITE_NO_SERVER="1")
+    out = subprocess.run([sys.executable, "-m", "searchlite", "status", "-L", str(lib.path)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (lib.path / "catalog.sqlite-shm").exists()
+    _import(lib, spec, vectors[200:], tmp_path / "b.parquet", start=200)
+    got = [r.image_id - 1 for r in search_vectors(lib.catalog, row, lib.model_index(row), vectors[0], 10)]
+    assert got == brute(vectors, vectors[0], 10)
+    conn = sqlite3.connect(str(lib.path / "catalog.sqlite"))
+    assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    conn.close()

@@ -170,8 +170,8 @@ def test_an_explicit_address_of_a_head_node_with_token_auth(tmp_path, photos, hf
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         address = f"127.0.0.1:{port}"
-        code = ("import json; from searchlite.indexer.ray_engine import start_ray; ray = start_ray(%r); "
-                "print(json.dumps(sorted({n['NodeManagerAddress'] for n in ray.nodes()})))" % address)
+        code = (f"import json; from searchlite.indexer.ray_engine import start_ray; ray = start_ray({address!r}); "
+                "print(json.dumps(sorted({n['NodeManagerAddress'] for n in ray.nodes()})))")
         deadline = time.monotonic() + 120
         while True:  # the head node is up once a client connects
             nodes = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)

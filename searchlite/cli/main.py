@@ -11,9 +11,9 @@ import sys
 
 import typer
 
+from searchlite import SearchliteError
 from searchlite.cli import eval_commands, housekeeping_commands, library_commands  # noqa: F401 - registers the commands
 from searchlite.cli.common import app
-from searchlite import SearchliteError
 
 __all__ = ["app", "main"]
 

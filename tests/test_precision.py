@@ -192,6 +192,7 @@ def test_bench_precision(monkeypatch, tmp_path, hf_siglip):
     from searchlite.sample_data import generate
 
     native_bf16(monkeypatch, False)  # bf16 asked for explicitly runs (emulated) on any CPU
+    monkeypatch.setenv("SEARCHLITE_CACHE", str(tmp_path / "cache"))  # only this test's bench libraries
     data = tmp_path / "set"
     generate.generate(data, 12, 5, "test")
     spec = f"hf:{hf_siglip}"

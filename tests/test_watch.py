@@ -150,7 +150,7 @@ def test_watch_and_serve_watch_commands_index_a_new_photo(tmp_path):
             assert "watching" in line
             time.sleep(1.0)
             Image.new("RGB", (16, 16), (50 + n, 2, 3)).save(root / f"new{n}.png")
-            found = _wait_for(lambda n=n: Library(lib.path).status()["images"].get("ok") == 2 + n, 180)
+            found = _wait_for(lambda n=n: Library(lib.path).status()["images"].get("ok") == 2 + n, 420)
         finally:
             proc.send_signal(signal.SIGINT)
             out = proc.communicate(timeout=30)[0]

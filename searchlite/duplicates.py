@@ -382,8 +382,11 @@ def move_duplicates(catalog: Catalog, groups: Sequence[Group], target: Path) -> 
     roots = catalog.roots()
     for path in roots.values():
         if "://" not in path and (Path(path) == target or Path(path).is_relative_to(target)):
-            raise LibraryError(f"--move-to {target} holds the library folder {path}; choose a folder outside it "
-                               "(or inside a root)")
+            raise LibraryError(f"--move-to {target} holds the library folder {path}; choose a folder outside it")
+        if "://" not in path and target.is_relative_to(Path(path)):
+            # the moved copies would be scanned again as part of that folder and moved deeper on every run
+            raise LibraryError(f"--move-to {target} lies inside the library folder {path}; choose a folder "
+                               "outside every indexed folder")
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

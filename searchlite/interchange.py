@@ -46,9 +46,9 @@ from sqlalchemy import delete, insert, select
 
 from searchlite.catalog import Catalog, ImageRow, Meta, ModelRow, Root, VectorRow, chunked, join_path, utcnow
 from searchlite.errors import LibraryError
+from searchlite.paths import as_bytes, printable
 from searchlite.store import VectorStore, VectorWriter
 from searchlite.store.builder import SegmentBuilder
-from searchlite.paths import as_bytes, printable
 from searchlite.thumbnails import is_image_name
 
 log = logging.getLogger(__name__)

@@ -214,6 +214,17 @@ def test_cli_is_read_only_by_default_and_prints_the_json_contract(photos, tmp_pa
     assert out.exit_code == 0 and "no duplicates found" in out.output  # filters: both members must match
 
 
+def test_move_to_a_folder_inside_an_indexed_folder_is_refused(photos):
+    """The moved copies would be scanned again as part of that folder (and nested deeper on every run)."""
+    from searchlite.errors import LibraryError
+
+    lib, root, _ = photos
+    before = sorted(p for p in root.rglob("*") if p.is_file())
+    with pytest.raises(LibraryError, match="inside the library folder"):
+        lib.duplicates("demo", 0.9, move_to=root / "dupes")
+    assert sorted(p for p in root.rglob("*") if p.is_file()) == before and not (root / "dupes").exists()
+
+
 def test_move_to_keeps_the_library_consistent(photos, tmp_path):
     lib, root, names = photos
     images_before = lib.status()["images"]

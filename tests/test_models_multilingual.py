@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_models
 import torch
 from PIL import Image, ImageOps
 
-import tiny_models
 from searchlite.imaging import load_image, to_rgb
 from searchlite.models import load_embedder
 from searchlite.models.light import read_meta
@@ -136,7 +136,7 @@ def test_index_and_search_in_three_languages_through_the_cli_and_the_light_path(
         # the template rule (README): a multilingual model embeds a query in a non-Latin script as it
         # is; Latin script gets the model's template; Chinese-CLIP uses its Chinese template for all
         cjk = any(ord(c) > 0x2E80 for c in query)
-        prompt = "一张{}的照片。".format(query) if family == "chinese_clip" else query if cjk \
+        prompt = f"一张{query}的照片。" if family == "chinese_clip" else query if cjk \
             else f"This is a photo of {query}."
         _, ref_txt, _ = _reference(folder, family, [_reference_image(paths[0])], [prompt])
         code = ("import sys, json\nfrom searchlite.cli.main import main\n"

@@ -8,16 +8,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_openclip
 import torch
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
-import tiny_openclip
 from searchlite.cli.main import app
 from searchlite.imaging import load_image, to_rgb
 

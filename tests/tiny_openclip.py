@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from tiny_models import SENTENCES, WORDS
 
 #: CJK text for the tokenizers' vocabularies (Chinese, Japanese), so these queries get real pieces.
@@ -82,7 +81,7 @@ def _unigram_pieces(specials: list[str], vocab_size: int = 300) -> list[tuple[st
 def gemma_like_tokenizer(folder: Path) -> int:
     """SigLIP 2's kind of tokenizer (Gemma: SentencePiece, pad 0, EOS 1 appended, no BOS), saved as
     Hugging Face files; returns its vocabulary size."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     pieces = _unigram_pieces(["<pad>", "</s>", "<unk>", "<s>"])

@@ -25,7 +25,14 @@ ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model spec 
                      "library's first model).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|mps")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto|fp32|bf16|fp16 for the model's forward; auto: "
+def _precision(value: str) -> str:
+    """A usage error (exit 2) for a --precision that is not one of the four."""
+    if value not in ("auto", "fp32", "bf16", "fp16"):
+        raise typer.BadParameter(f"must be one of auto, fp32, bf16, fp16, got {value!r}")
+    return value
+
+
+PrecisionOpt = Annotated[str, typer.Option("--precision", callback=_precision, help="auto|fp32|bf16|fp16 for the model's forward; auto: "
                                            "bf16 on CPUs with native bf16 and on CUDA GPUs (fp16 where bf16 is "
                                            "not supported), else fp32; a reduced precision is validated against "
                                            "fp32 once and falls back to it below cosine 0.999.")]

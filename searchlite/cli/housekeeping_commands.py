@@ -22,6 +22,7 @@ from searchlite.cli.common import (
     MinWOpt,
     ModelOpt,
     app,
+    escape_path,
     open_library,
     parse_filters,
 )
@@ -61,11 +62,11 @@ def duplicates(
         print("no duplicates found")
     else:
         for g in groups:
-            print(f"keep {g.keep}")
+            print(f"keep {escape_path(g.keep)}")
             for m in g.members:
                 mark = "*" if m.path == g.keep else " "
                 dims = f"{m.width}x{m.height}" if m.width else "?"
-                print(f"  {mark} {m.similarity:6.4f}  {dims:>11}  {_size(m.size):>9}  {m.taken_at or '-':25}  {m.path}")
+                print(f"  {mark} {m.similarity:6.4f}  {dims:>11}  {_size(m.size):>9}  {m.taken_at or '-':25}  {escape_path(m.path)}")
         extra = sum(len(g.members) - 1 for g in groups)
         print(f"{len(groups)} groups, {extra} photos that are copies of a kept one")
     if moved is not None:
@@ -97,6 +98,10 @@ def watch(
 
     lib = open_library(library, device, batch_size, create=True)
     roots = [str(p) for p in paths] if paths else [r for r in lib.catalog.roots().values() if "://" not in r]
+    missing = [r for r in roots if not Path(r).is_dir()]
+    for r in missing:  # an unplugged disk: watch the rest (as serve --watch does)
+        print(f"not watching {r}: not a folder now", file=sys.stderr)
+    roots = [r for r in roots if r not in missing]
     if not roots:
         raise LibraryError("nothing to watch: name the folders (`searchlite watch PATH...`)")
 

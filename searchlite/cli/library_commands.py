@@ -213,6 +213,8 @@ def serve(
                                                          "header is this name (repeatable).")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Also keep the library current with its folders (see "
                                         "`searchlite watch`): new photos are searchable seconds after they land.")] = False,
+    rescan_every: Annotated[float, typer.Option("--rescan-every", min=0.0, help="With --watch: seconds between full "
+                                                "scans, for events a platform drops (0: never).")] = 3600.0,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     library: LibraryOpt = None,
@@ -241,8 +243,8 @@ def serve(
             token = secrets.token_urlsafe(32)
     lib = open_library(library, device, precision=precision, resident=True)
     print(f"serving {lib.path} on {socket_path(lib.path)} (Ctrl-C to stop)", flush=True)
-    watcher = lib.watch([r for r in lib.catalog.roots().values() if "://" not in r and Path(r).is_dir()]) \
-        if watch else None
+    watcher = lib.watch([r for r in lib.catalog.roots().values() if "://" not in r and Path(r).is_dir()],
+                        rescan_every=rescan_every or None) if watch else None
     if watcher is not None:
         print(f"watching {', '.join(watcher.roots) or 'no folders'}", flush=True)
     try:

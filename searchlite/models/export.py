@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +250,9 @@ def export_text_tower(embedder: Any, folder: Path) -> dict:
         meta.update(inputs=names, clean=clean, prepare=prepare)
         light_ids = np.array([e.ids for e in tokenizer.encode_batch([prepare_text(_clean(t, clean), prepare)
                                                                      for t in PROBES])])
-        torch_ids = _torch_ids(embedder, PROBES)
+        with warnings.catch_warnings():  # transformers' notes on probes that hold literal special tokens
+            warnings.simplefilter("ignore")
+            torch_ids = _torch_ids(embedder, PROBES)
         if light_ids.shape != torch_ids.shape or not np.array_equal(light_ids, torch_ids):
             meta["reason"] = "the exported tokenizer does not reproduce the model's token ids"
         else:
@@ -260,7 +263,8 @@ def export_text_tower(embedder: Any, folder: Path) -> dict:
             light = OnnxTextEncoder(tmp, {**meta, "valid": True}).embed_texts(PROBES)
             from searchlite.models.precision import full_precision
 
-            with full_precision(embedder):  # the export is fp32: check it against torch's fp32
+            with full_precision(embedder), warnings.catch_warnings():  # the export is fp32: check it against torch's fp32
+                warnings.simplefilter("ignore")
                 reference = embedder.embed_texts(PROBES)
             max_abs = float(np.abs(light - reference).max())
             min_cos = float((light * reference).sum(axis=1).min())

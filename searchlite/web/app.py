@@ -346,7 +346,7 @@ def create_app(lib: Any, token: str | None = None, *, bound_host: str | None = N
 
     @app.get("/api/duplicates")
     def duplicates(filters: QueryFilters, model: Text = None,
-                   threshold: Annotated[float | None, Query(ge=-1.0, le=1.0)] = None,
+                   threshold: Annotated[float | None, Query(ge=0.5, le=1.0)] = None,
                    k: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Offset = 0) -> dict:
         """Duplicate groups (read-only: nothing is moved or deleted from the page), largest first,
         ``k`` groups from ``offset``; members carry ids for their thumbnails, never a served path."""

@@ -122,6 +122,22 @@ class ImageRow(Base):
     status: Mapped[str] = mapped_column(String(8), default="pending")  # pending | ok | error
     error: Mapped[str | None] = mapped_column(SafeText)
     indexed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # round4-text: hybrid search (see migrations._V5_TEXT)
+    lat: Mapped[float | None] = mapped_column(Float)
+    lon: Mapped[float | None] = mapped_column(Float)
+    text_sig: Mapped[str | None] = mapped_column(String)
+    ocr_version: Mapped[str | None] = mapped_column(String(32))
+    text_error: Mapped[str | None] = mapped_column(SafeText)
+
+
+class ImageTextRow(Base):
+    """One text field of an image (round4-text); FTS5 tables index it through triggers."""
+
+    __tablename__ = "image_text"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    field: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(SafeText)
 
 
 class ModelRow(Base):

@@ -94,6 +94,42 @@ ALTER TABLE roots ADD COLUMN excludes TEXT;
 ALTER TABLE roots ADD COLUMN default_excludes BOOLEAN NOT NULL DEFAULT 1;
 """
 
+#: v5 (round 4, hybrid search): the text a photo carries, one row per (image, field) —
+#: ocr | place | name | folder | camera | keywords | title | description — indexed twice by FTS5 as
+#: external-content tables over ``image_text``: ``image_text_words`` (unicode61 words, accents folded,
+#: for bm25 on words, exact phrases and name prefixes) and ``image_text_grams`` (trigrams, so Chinese and
+#: Japanese substrings match: "东京站" inside "东京站出口"). Triggers keep both in step with ``image_text``
+#: inside the same transaction, and rows go with their image (ON DELETE CASCADE fires the triggers).
+#: ``images.lat``/``lon``: GPS position (degrees); ``text_sig``: what the metadata text was read from
+#: (so a sidecar change re-reads text without re-embedding); ``ocr_version``: the OCR model that read the
+#: photo (NULL: not read); ``text_error``: why reading text failed (never fatal).
+_V5_TEXT = """
+CREATE TABLE image_text (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, image_id INTEGER NOT NULL,
+    field VARCHAR(16) NOT NULL, text TEXT NOT NULL, UNIQUE (image_id, field),
+    FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE);
+CREATE VIRTUAL TABLE image_text_words USING fts5(text, content='image_text', content_rowid='id',
+    tokenize='unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE image_text_grams USING fts5(text, content='image_text', content_rowid='id',
+    tokenize='trigram');
+CREATE TRIGGER tr_image_text_ai AFTER INSERT ON image_text BEGIN
+    INSERT INTO image_text_words (rowid, text) VALUES (new.id, new.text);
+    INSERT INTO image_text_grams (rowid, text) VALUES (new.id, new.text); END;
+CREATE TRIGGER tr_image_text_ad AFTER DELETE ON image_text BEGIN
+    INSERT INTO image_text_words (image_text_words, rowid, text) VALUES ('delete', old.id, old.text);
+    INSERT INTO image_text_grams (image_text_grams, rowid, text) VALUES ('delete', old.id, old.text); END;
+CREATE TRIGGER tr_image_text_au AFTER UPDATE ON image_text BEGIN
+    INSERT INTO image_text_words (image_text_words, rowid, text) VALUES ('delete', old.id, old.text);
+    INSERT INTO image_text_grams (image_text_grams, rowid, text) VALUES ('delete', old.id, old.text);
+    INSERT INTO image_text_words (rowid, text) VALUES (new.id, new.text);
+    INSERT INTO image_text_grams (rowid, text) VALUES (new.id, new.text); END;
+CREATE INDEX ix_image_text_field ON image_text (field);
+ALTER TABLE images ADD COLUMN lat FLOAT;
+ALTER TABLE images ADD COLUMN lon FLOAT;
+ALTER TABLE images ADD COLUMN text_sig VARCHAR;
+ALTER TABLE images ADD COLUMN ocr_version VARCHAR(32);
+ALTER TABLE images ADD COLUMN text_error TEXT;
+"""
+
 
 def statements(sql: str) -> list[str]:
     """Split a script into complete SQL statements (a trigger body's inner ';' does not end it)."""
@@ -122,7 +158,7 @@ def _v2_to_v3(conn: Connection) -> None:
 
 
 #: STEPS[v] upgrades a version-v catalog to v + 1. A release that changes the schema appends a step.
-STEPS: list[Callable[[Connection], None]] = [_script(_V1), _script(_V2), _v2_to_v3, _script(_V4)]
+STEPS: list[Callable[[Connection], None]] = [_script(_V1), _script(_V2), _v2_to_v3, _script(_V4), _script(_V5_TEXT)]
 
 
 def current_version(conn: Connection) -> int:

@@ -243,13 +243,6 @@ class Library:
             groups = find_duplicates(self.catalog, row, self.model_index(row), cos, filters)
             return groups, move_duplicates(self.catalog, groups, Path(move_to))
 
-    def watch(self, roots: Sequence[str | Path], models: Sequence[str] = (), **kwargs: Any) -> Any:
-        """Keep the library current with its folders in a background thread (see
-        :func:`searchlite.watch.start_watching`); returns the running watcher (``.stop()``)."""
-        from searchlite.watch import start_watching
-
-        return start_watching(self, roots, models, **kwargs)
-
     # -- vectors of images -----------------------------------------------------------------------
     def stored_vectors(self, row: ModelRow, image_ids: Sequence[int]) -> dict[int, np.ndarray]:
         """The stored vectors of some images under a model (those that have one)."""

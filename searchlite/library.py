@@ -55,6 +55,9 @@ class Library:
         from searchlite.models.precision import check_precision
 
         self.path = (Path(path).expanduser() if path else default_library()).absolute()
+        from searchlite.models.zoo import use_library
+
+        use_library(self.path)  # its models.json adds zoo entries
         self.device = device
         self.batch_size = batch_size
         self.precision = check_precision(precision)

@@ -159,3 +159,12 @@ def test_a_user_zoo_file_that_is_not_json_names_the_line(tmp_path, monkeypatch):
     (tmp_path / "models.json").write_text('{"models": {\n  "x": }\n}')
     with pytest.raises(ModelLoadError, match=r"models\.json: not valid JSON \(line 2"):
         entries()
+
+
+def test_the_catalog_column_holds_every_zoo_family_name():
+    """ModelRow.family was String(8) while storing 'siglip2-fixed' (13)."""
+    from searchlite.catalog import ModelRow
+    from searchlite.models.zoo import families
+
+    length = ModelRow.__table__.c.family.type.length
+    assert length is None or length >= max(len(name) for name in families())

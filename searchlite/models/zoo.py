@@ -27,6 +27,8 @@ from searchlite.errors import ModelLoadError
 KEYS = frozenset({"spec", "family", "templates", "text", "image", "languages", "dim", "license", "params",
                   "defaults", "description", "published", "lang", "backend", "probability", "center", "match",
                   "language_templates"})
+#: Probability 0.5 at this cosine for an uncalibrated Platt model whose family sets no ``center``.
+DEFAULT_CENTER = 0.25
 #: Keys of an entry's "text" rules.
 TEXT_KEYS = frozenset({"lower", "clean", "lang_prefix", "padding", "max_length", "tokenizer"})
 
@@ -52,7 +54,7 @@ class ZooEntry:
     language_templates: dict[str, str] = field(default_factory=dict)  # script language -> template
     backend: str = "hf"
     probability: str = "platt"  # "sigmoid": the model's own scale and bias; "platt": a fitted calibration
-    center: float = 0.25  # uncalibrated Platt fallback: probability 0.5 at this cosine
+    center: float = DEFAULT_CENTER  # uncalibrated Platt fallback: probability 0.5 at this cosine
 
     @property
     def template(self) -> str:
@@ -102,7 +104,7 @@ def parse_zoo(raw: dict) -> dict[str, ZooEntry]:
                               description=merged.get("description", ""), published=dict(merged.get("published", {})),
                               lang=merged.get("lang"), backend=merged.get("backend", "hf"),
                               language_templates=dict(merged.get("language_templates", {})),
-                              probability=merged.get("probability", "platt"), center=float(merged.get("center", 0.25)))
+                              probability=merged.get("probability", "platt"), center=float(merged.get("center", DEFAULT_CENTER)))
     return out
 
 
@@ -215,7 +217,7 @@ def families() -> dict[str, Family]:
     for name, data in _raw()["families"].items():
         _check(name, data)
         out[name] = Family(name, data.get("backend", "hf"), data.get("probability", "platt"),
-                           float(data.get("center", 0.25)), tuple(data.get("templates") or ["{}"]),
+                           float(data.get("center", DEFAULT_CENTER)), tuple(data.get("templates") or ["{}"]),
                            dict(data.get("text", {})), dict(data.get("defaults", {})), dict(data.get("match", {})),
                            tuple(data.get("languages") or ["en"]), dict(data.get("language_templates", {})))
     return out

@@ -12,54 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from scratch import scratch_dir
+from synthetic import dng, photo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-def photo(seed: int, size=(4000, 3000)) -> Image.Image:
-    from searchlite.sample_data import generate as gen
-
-    rng = np.random.default_rng(seed)
-    low = rng.random((12, 16, 3)) * 255
-    base = Image.fromarray(low.astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
-    arr = np.asarray(base, dtype=np.int16) + rng.integers(-18, 18, (size[1], size[0], 1), dtype=np.int16)
-    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-    scene = gen.sample_scene(random.Random(seed), "test")
-    img.paste(gen.render(scene, random.Random(seed), 2000, 1500).resize((2400, 1800)), (800, 600))
-    return img
-
-
-def dng(path: Path, img: Image.Image, preview: bool) -> Path:
-    """A 12 MP DNG: an RGGB mosaic, with a full-size JPEG preview (as cameras embed) or none."""
-    import tifffile
-    from test_formats import write_dng
-
-    if not preview:
-        return write_dng(path, np.asarray(img), preview=False)
-    rgb = np.asarray(img)
-    lin = (rgb.astype(np.float32) / 255.0) ** 2.2 * 4095
-    cfa = np.zeros(rgb.shape[:2], np.uint16)
-    cfa[0::2, 0::2], cfa[0::2, 1::2] = lin[0::2, 0::2, 0], lin[0::2, 1::2, 1]
-    cfa[1::2, 0::2], cfa[1::2, 1::2] = lin[1::2, 0::2, 1], lin[1::2, 1::2, 2]
-    common = [(50706, "B", 4, (1, 4, 0, 0), True), (50708, "s", 0, "bench", True), (274, "H", 1, 1, True)]
-    raw_tags = [(33421, "H", 2, (2, 2), True), (33422, "B", 4, (0, 1, 1, 2), True), (50717, "H", 1, 4095, True),
-                (50721, "2i", 9, (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1), True),
-                (50728, "2I", 3, (1, 1, 1, 1, 1, 1), True)]
-    with tifffile.TiffWriter(path) as tw:  # JPEG-compressed preview (needs imagecodecs)
-        tw.write(rgb, photometric="rgb", subfiletype=1, subifds=1, extratags=common, compression="jpeg",
-                 compressionargs={"level": 90})
-        tw.write(cfa, photometric=32803, subfiletype=0, extratags=raw_tags)
-    return path
 
 
 def timed(fn, repeat: int) -> float:
@@ -130,7 +93,7 @@ def main() -> None:
     from searchlite.models import load_embedder
 
     if args.arch:
-        from indexing import random_openclip_folder
+        from synthetic import random_openclip_folder
 
         for arch in args.arch:
             args.model.append(f"openclip:{random_openclip_folder(arch, folder / arch)}")

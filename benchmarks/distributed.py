@@ -104,8 +104,7 @@ def main() -> None:
                         help="simulated model cost per image (ms): 4 actors must stay below the decode capacity")
     parser.add_argument("--sim-images", type=int, default=160)
     args = parser.parse_args()
-    from decode import photo
-    from indexing import random_openclip_folder
+    from synthetic import photo, random_openclip_folder
 
     work = scratch_dir("searchlite-distributed-")
     photos = work / "photos"

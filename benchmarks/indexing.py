@@ -38,37 +38,16 @@ from pathlib import Path
 
 import numpy as np
 from scratch import scratch_dir
+from synthetic import random_openclip_folder
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 
-def random_openclip_folder(arch: str, folder: Path) -> Path:
-    """A local open_clip folder with the architecture's config and random weights (no download)."""
-    import open_clip
-    import tiny_models
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = open_clip.get_model_config(arch)
-    if "hf_tokenizer_name" in cfg.get("text_cfg", {}):
-        from transformers import SiglipTokenizer
-
-        sp = tiny_models.make_sentencepiece(folder / "_sp")
-        SiglipTokenizer(vocab_file=str(sp), model_max_length=cfg["text_cfg"].get("context_length", 64)).save_pretrained(folder)
-    pre = open_clip.get_pretrained_cfg(arch, open_clip.list_pretrained_tags_by_model(arch)[0]) \
-        if open_clip.list_pretrained_tags_by_model(arch) else {}
-    preprocess = {k: pre[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pre}
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": preprocess}))
-    model = open_clip.create_model(arch, pretrained=None)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
-    return folder
-
-
 def efficiency(args) -> dict:
     import torch
-    from decode import photo
+    from synthetic import photo
 
     from searchlite.imaging import load_image
     from searchlite.indexer import Indexer
@@ -128,7 +107,7 @@ def save_photo(img, stem: Path, fmt: str) -> None:
         pillow_heif.register_heif_opener()
         img.save(stem.with_suffix(".heic"), quality=90)
     elif fmt == "dng":
-        from decode import dng
+        from synthetic import dng
 
         dng(stem.with_suffix(".dng"), img, preview=True)
     elif fmt == "png":
@@ -237,7 +216,7 @@ def _vectors_by_path(lib_path: Path, spec: str) -> dict[str, np.ndarray]:
 
 
 def precision(args) -> dict:
-    from decode import photo
+    from synthetic import photo
 
     from searchlite.imaging import load_image
     from searchlite.models import load_embedder

@@ -44,6 +44,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from searchlite import migrations
 from searchlite.errors import LibraryError
 from searchlite.paths import as_bytes, from_db, printable, query_candidates, to_db
+from searchlite.paths import is_writable as paths_is_writable
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class ModelRow(Base):
     model_id: Mapped[str] = mapped_column(String, unique=True)
     spec: Mapped[str] = mapped_column(String)
     dim: Mapped[int] = mapped_column(Integer)
-    family: Mapped[str] = mapped_column(String(8))
+    family: Mapped[str] = mapped_column(String(32))  # a zoo family name, e.g. 'siglip2-fixed' (SQLite ignores the length)
     scale: Mapped[float] = mapped_column(Float)
     bias: Mapped[float] = mapped_column(Float, default=0.0)
     template: Mapped[str] = mapped_column(String)
@@ -267,26 +268,8 @@ def read_only_forced() -> bool:
 
 
 def is_writable(folder: Path) -> bool:
-    """Whether a library folder (and its catalog file) can be written, by ``os.access`` and by
-    probes that change nothing: the catalog opened for writing (not written) and an unnamed
-    temporary file in the folder (SQLite must create its -wal and -shm files there). The probes
-    catch what ``os.access`` misses (a read-only mount for root, NFS root squash, ACLs)."""
-    import tempfile
-
-    path = folder / CATALOG_FILE
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        return False
-    try:
-        # never open (and close) the catalog file itself: closing any descriptor of it drops every
-        # POSIX lock SQLite holds on it in this process, and another connection then deletes the
-        # -shm of a catalog still in use (corruption). A read-only mount shows in statvfs.
-        if hasattr(os, "statvfs") and os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1):
-            return False
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError:
-        return False
-    return True
+    """Whether a library folder and its catalog file can be written (the one check: :func:`paths.is_writable`)."""
+    return paths_is_writable(folder, folder / CATALOG_FILE)
 
 
 class _ReadOnlySessions:
@@ -695,3 +678,21 @@ def join_path(root: str, relpath: str) -> str:
 
 def is_locked_error(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) and "locked" in str(exc).lower()
+
+
+# round4-house: the roots an import made from a file's parent folder (catalog knowledge, read by
+# interchange and thumbnails alike, so neither imports the other)
+#: catalog meta key: the roots an import made from a file's parent folder (no --root, no known
+#: root). The web server serves nothing under them until that folder is indexed or named with --root.
+IMPORTED_ROOTS = "imported_parent_roots"
+
+
+def imported_roots(catalog: Catalog, s: Session | None = None) -> set[str]:
+    """Roots an import made from a parent folder that no `index` or `import --root` has claimed since."""
+    import json
+
+    if s is None:
+        with catalog.Session() as s:
+            return imported_roots(catalog, s)
+    row = s.get(Meta, IMPORTED_ROOTS)
+    return set(json.loads(row.value)) if row is not None else set()

@@ -42,6 +42,7 @@ from searchlite.catalog import Catalog, ImageRow, ModelRow, Root, VectorRow, joi
 from searchlite.errors import LibraryError, QueryError
 from searchlite.imaging import format_taken
 from searchlite.query import Filters, allowed_rows
+from searchlite.rawphoto import RAW_EXTENSIONS
 from searchlite.store import ModelIndex
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,6 @@ TAIL_BLOCK = 16384
 NPROBE = 4
 #: Compressed segments (SQ8, PQ) score approximately: search a little below the threshold, then verify.
 MARGIN = 0.02
-RAW_SUFFIXES = frozenset({".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf",
-                          ".rw2", ".rwl", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".dcr", ".mrw",
-                          ".mos", ".raw"})
 
 
 def default_threshold(spec: str) -> float:
@@ -100,7 +98,7 @@ class Member:
 
     @property
     def is_raw(self) -> bool:
-        return self.companion is not None or os.path.splitext(self.path)[1].lower() in RAW_SUFFIXES
+        return self.companion is not None or os.path.splitext(self.path)[1].lower() in RAW_EXTENSIONS
 
 
 @dataclass

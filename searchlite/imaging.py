@@ -302,3 +302,10 @@ def _load_raw(source: str | Path | bytes, target_size: tuple[int, int] | None, m
     if taken is None and mtime_ns:
         taken, source_name = local_time_of(mtime_ns), "mtime"
     return LoadedImage(image, width, height, suffix.lstrip(".").upper(), taken, camera, source_name, offset)
+
+
+def is_image_name(path: str) -> bool:
+    """Whether a path (or URI) ends in one of the image extensions the scanner indexes."""
+    import os
+
+    return os.path.splitext(path.rstrip("/"))[1].lower() in IMAGE_EXTENSIONS

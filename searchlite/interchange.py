@@ -44,12 +44,24 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, insert, select
 
-from searchlite.catalog import Catalog, ImageRow, Meta, ModelRow, Root, VectorRow, chunked, join_path, utcnow
+from searchlite.catalog import (
+    IMPORTED_ROOTS,
+    Catalog,
+    ImageRow,
+    Meta,
+    ModelRow,
+    Root,
+    VectorRow,
+    chunked,
+    imported_roots,
+    join_path,
+    utcnow,
+)
 from searchlite.errors import LibraryError
+from searchlite.imaging import is_image_name
 from searchlite.paths import as_bytes, printable
 from searchlite.store import VectorStore, VectorWriter
 from searchlite.store.builder import SegmentBuilder
-from searchlite.thumbnails import is_image_name
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +70,6 @@ PART_ROWS = 1_000_000
 OPTIONAL = ("sha256", "size", "mtime_ns", "width", "height", "taken_at", "taken_offset", "taken_source", "format",
             "companion", "camera", "path_bytes")
 MAX_PROBLEMS = 100
-#: catalog meta key: the roots an import made from a file's parent folder (no --root, no known
-#: root). The web server serves nothing under them until that folder is indexed or named with --root.
-IMPORTED_ROOTS = "imported_parent_roots"
 
 
 def _files(source: Path) -> list[Path]:
@@ -162,15 +171,6 @@ class _Roots:
                     self.parents.add(base)
             self.folders[folder] = known
         return known[0], known[1] + name
-
-
-def imported_roots(catalog: Catalog, s=None) -> set[str]:
-    """Roots an import made from a parent folder that no `index` or `import --root` has claimed since."""
-    if s is None:
-        with catalog.Session() as s:
-            return imported_roots(catalog, s)
-    row = s.get(Meta, IMPORTED_ROOTS)
-    return set(json.loads(row.value)) if row is not None else set()
 
 
 def claim_roots(catalog: Catalog, folders: list[str | Path]) -> None:

@@ -55,6 +55,9 @@ class Library:
         from searchlite.models.precision import check_precision
 
         self.path = (Path(path).expanduser() if path else default_library()).absolute()
+        from searchlite.models.zoo import use_library
+
+        use_library(self.path)  # its models.json adds zoo entries
         self.device = device
         self.batch_size = batch_size
         self.precision = check_precision(precision)
@@ -242,13 +245,6 @@ class Library:
         with library_lock(self.path, "duplicates --move-to"):
             groups = find_duplicates(self.catalog, row, self.model_index(row), cos, filters)
             return groups, move_duplicates(self.catalog, groups, Path(move_to))
-
-    def watch(self, roots: Sequence[str | Path], models: Sequence[str] = (), **kwargs: Any) -> Any:
-        """Keep the library current with its folders in a background thread (see
-        :func:`searchlite.watch.start_watching`); returns the running watcher (``.stop()``)."""
-        from searchlite.watch import start_watching
-
-        return start_watching(self, roots, models, **kwargs)
 
     # -- vectors of images -----------------------------------------------------------------------
     def stored_vectors(self, row: ModelRow, image_ids: Sequence[int]) -> dict[int, np.ndarray]:

@@ -99,3 +99,28 @@ def real_file_inside(root: str, relpath: str) -> Path | None:
     if not real.is_relative_to(base) or not real.is_file():
         return None
     return real
+
+
+def is_writable(folder: Path, file: Path | None = None) -> bool:
+    """Whether ``folder`` (and ``file`` in it, when given and present) can be written: the one
+    writability check. ``os.access`` first, then probes that change nothing: a read-only mount in
+    ``statvfs`` and an unnamed temporary file in the folder. The probes catch what ``os.access``
+    misses (a read-only mount for root, NFS root squash, ACLs)."""
+    import tempfile
+
+    folder = Path(folder)
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        return False
+    if file is not None and file.exists() and not os.access(file, os.W_OK):
+        return False
+    try:
+        # never open (and close) a SQLite file itself here: closing any descriptor of it drops every
+        # POSIX lock SQLite holds on it in this process (and another connection may then delete the
+        # -shm of a catalog still in use). A read-only mount shows in statvfs.
+        if hasattr(os, "statvfs") and os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1):
+            return False
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        return False
+    return True

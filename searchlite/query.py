@@ -3,7 +3,7 @@ filters inside FAISS, results joined with the catalog, and calibrated probabilit
 
 Probability = ``sigmoid(a * cos + b)``. SigLIP: ``a = exp(logit_scale)``, ``b = logit_bias`` (the
 model's own probability). CLIP / ALIGN: Platt parameters fitted by ``searchlite calibrate`` and
-stored per model; until then a documented fallback (:data:`FALLBACK_CENTER`).
+stored per model; until then the zoo family's documented fallback centre (``center`` in zoo.json).
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ from searchlite.errors import QueryError
 from searchlite.imaging import format_names, format_taken
 from searchlite.store import ModelIndex
 
-#: Uncalibrated CLIP/ALIGN fallback: probability 0.5 at this cosine, slope = the model's logit scale.
-#: Matching image-caption pairs of CLIP ViT-B/32 score ~0.30 cosine, unrelated ones ~0.15-0.20.
-FALLBACK_CENTER = {"clip": 0.25, "align": 0.30}
 SORTS = ("relevance", "date")
 
 
@@ -42,11 +39,14 @@ def calibration(model: ModelRow) -> tuple[float, float]:
 
 
 def fallback_center(family: str) -> float:
-    """The cosine at which an uncalibrated Platt model's probability is 0.5 (zoo family data)."""
+    """The cosine at which an uncalibrated Platt model's probability is 0.5 (zoo family data: CLIP's
+    matching pairs score ~0.30 cosine, unrelated ones ~0.15-0.20); a family the zoo no longer
+    lists gets the zoo's own default centre."""
+    from searchlite.models.zoo import DEFAULT_CENTER
     from searchlite.models.zoo import family as zoo_family
 
     known = zoo_family(family)
-    return known.center if known is not None else FALLBACK_CENTER.get(family, 0.25)
+    return known.center if known is not None else DEFAULT_CENTER
 
 
 def sigmoid(x: np.ndarray | float) -> np.ndarray | float:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from searchlite import LibraryError, QueryError, SearchliteError
+from searchlite.paths import is_writable
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def socket_path(library: Path) -> Path:
     library = Path(library).expanduser().resolve()
     path = library / "searchlite.sock"
     # a read-only library cannot hold its socket: then it goes to the runtime dir, as a long path's does
-    if len(str(path)) < 100 and (os.access(library, os.W_OK) or not library.exists()):
+    if len(str(path)) < 100 and (is_writable(library) or not library.exists()):
         return path
     digest = hashlib.sha256(os.fsencode(str(library))).hexdigest()[:16]
     return runtime_dir() / f"{digest}.sock"

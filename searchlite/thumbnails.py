@@ -34,7 +34,7 @@ def servable_path(lib, image_id: int) -> tuple[object, Path]:
     row, path = found
     if row.status != "ok" or "://" in path:
         raise NotServable(f"image {image_id} cannot be served")
-    from searchlite.interchange import imported_roots
+    from searchlite.catalog import imported_roots
 
     if lib.catalog.roots().get(row.root_id) in imported_roots(lib.catalog):
         raise NotServable(f"image {image_id} was imported from outside every indexed folder (index its folder, "
@@ -45,16 +45,11 @@ def servable_path(lib, image_id: int) -> tuple[object, Path]:
     if real is None:
         raise NotServable(f"image {image_id} is not on disk" if not os.path.exists(path)
                           else f"image {image_id} lies outside its indexed folder")
+    from searchlite.imaging import is_image_name
+
     if not (is_image_name(path) and is_image_name(str(real))):
         raise NotServable(f"image {image_id} is not an image file (by its name)")
     return row, real
-
-
-def is_image_name(path: str) -> bool:
-    """Whether a path (or URI) ends in one of the image extensions the scanner indexes."""
-    from searchlite.imaging import IMAGE_EXTENSIONS
-
-    return os.path.splitext(path.rstrip("/"))[1].lower() in IMAGE_EXTENSIONS
 
 
 def thumbnail(lib, image_id: int, size: int = 256) -> Path:

@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny_models  # noqa: E402
 
-_ISOLATED = ("SEARCHLITE_CACHE", "SEARCHLITE_LIBRARY", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR",
-             "HF_HOME", "TORCH_HOME")
+_ISOLATED = ("SEARCHLITE_CACHE", "SEARCHLITE_LIBRARY", "SEARCHLITE_CONFIG", "XDG_CACHE_HOME", "XDG_DATA_HOME",
+             "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR", "HF_HOME", "TORCH_HOME")
 _HOME: Path | None = None
 
 

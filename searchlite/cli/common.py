@@ -66,12 +66,13 @@ def remote(library: Path | None, command: str, args: dict, start: bool = False):
         return None
     from searchlite import server
     from searchlite.config import default_library
+    from searchlite.paths import is_writable
 
     folder = library.expanduser() if library else default_library()
     reply = server.request(folder, command, args)
     if reply is None:
         if (start or os.environ.get("SEARCHLITE_AUTO_SERVE") == "1") and (folder / "catalog.sqlite").is_file() \
-                and os.access(folder, os.W_OK):  # its serve.log lives in the library (not on read-only media)
+                and is_writable(folder):  # its serve.log lives in the library (not on read-only media)
             start_server(folder)
         return None
     if not reply.get("ok"):

@@ -153,12 +153,13 @@ def models(ctx: typer.Context, library: LibraryOpt = None, as_json: JsonOpt = Fa
     if as_json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
         return
-    print(f"  {'alias':15} {'family':14} {'languages':10} {'dim':>5} {'params':>7}  {'licence':13} spec")
+    wide = max([14] + [len(r["family"]) for r in rows])  # zoo family names (openclip-siglip-multilingual)
+    print(f"  {'alias':15} {'family':{wide}} {'languages':10} {'dim':>5} {'params':>7}  {'licence':13} spec")
     for r in rows:
         mark = "*" if r["indexed"] else " "
         size = f"{r['params']:g}M" if r["params"] else "?"
         default = "  (default)" if r["default"] else ""
-        print(f"{mark} {r['alias'] or '-':15} {r['family']:14} {','.join(r['languages']):10} {r['dim'] or '?':>5} "
+        print(f"{mark} {r['alias'] or '-':15} {r['family']:{wide}} {','.join(r['languages']):10} {r['dim'] or '?':>5} "
               f"{size:>7}  {r['license']:13} {r['spec']}{default}")
     print("\n* = has indexed this library. specs: hf:<hub id or folder> | openclip:<arch>@<tag or checkpoint "
           "file> | openclip:<folder> | an alias")

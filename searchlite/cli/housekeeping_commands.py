@@ -111,8 +111,10 @@ def watch(
         print(f"{what}: added {s.added}, updated {s.updated}, moved {s.moved}, removed {s.removed}, "
               f"failed {s.failed} in {s.seconds:.1f}s", flush=True)
 
-    watcher = lib.watch(roots, model or (), rescan_every=rescan_every or None, debounce=debounce,
-                        include_hidden=hidden, on_run=report)
+    from searchlite.watch import start_watching
+
+    watcher = start_watching(lib, roots, model or (), rescan_every=rescan_every or None, debounce=debounce,
+                             include_hidden=hidden, on_run=report)
     print(f"watching {', '.join(watcher.roots)} (Ctrl-C to stop)", flush=True)
     try:
         while True:

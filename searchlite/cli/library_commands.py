@@ -243,15 +243,17 @@ def serve(
             token = secrets.token_urlsafe(32)
     lib = open_library(library, device, precision=precision, resident=True)
     print(f"serving {lib.path} on {socket_path(lib.path)} (Ctrl-C to stop)", flush=True)
-    watcher = lib.watch([r for r in lib.catalog.roots().values() if "://" not in r and Path(r).is_dir()],
-                        rescan_every=rescan_every or None) if watch else None
+    from searchlite.watch import start_watching
+
+    watcher = start_watching(lib, [r for r in lib.catalog.roots().values() if "://" not in r and Path(r).is_dir()],
+                             rescan_every=rescan_every or None) if watch else None
     if watcher is not None:
         print(f"watching {', '.join(watcher.roots) or 'no folders'}", flush=True)
     try:
         if bind is None:
             run_server(lib, model or [], idle_timeout=idle_timeout)
             return
-        from searchlite.web import serve_http
+        from searchlite.web.run import serve_http
 
         threading.Thread(target=run_server, args=(lib, model or []), daemon=True).start()
         host = f"[{bind[0]}]" if ":" in bind[0] else bind[0]

@@ -18,16 +18,6 @@ log = logging.getLogger(__name__)
 #: The architecture family: a key of zoo.json "families" (siglip, siglip2, clip, align, chinese_clip, ...).
 Family = str
 
-#: Default prompt template per family. SigLIP's is the one the HF zero-shot pipeline uses;
-#: CLIP's is the standard OpenAI single template; ALIGN was trained on noisy alt-text, and
-#: the same short template works best among the ones we tried, so it shares CLIP's.
-DEFAULT_TEMPLATES: dict[str, str] = {
-    "siglip": "This is a photo of {}.",
-    "clip": "a photo of {}.",
-    "align": "a photo of {}.",
-}
-
-
 @dataclass(frozen=True)
 class ScoreParams:
     """How the model turns a cosine similarity into a logit: ``logit = scale * cos + bias``.

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from searchlite.errors import ModelLoadError, QueryError
-from searchlite.models.base import DEFAULT_TEMPLATES, ScoreParams, TorchEmbedder
+from searchlite.models.base import ScoreParams, TorchEmbedder
 
 if TYPE_CHECKING:
     import torch
@@ -205,7 +205,11 @@ class OpenClipEmbedder(TorchEmbedder):
 
         model.eval()
         bias = getattr(model, "logit_bias", None)
-        family = "siglip" if bias is not None else "clip"
+        # the family (template, languages, score kind) is the zoo's knowledge, matched by architecture
+        from searchlite.models.zoo import openclip_family
+
+        family = openclip_family(None if folder.is_dir() else arch, sigmoid=bias is not None,
+                                 tokenizer=type(getattr(tok, "tokenizer", tok)).__name__)
         score = ScoreParams(scale=float(model.logit_scale.exp().item()),
                             bias=float(bias.item()) if bias is not None else 0.0)
         cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
@@ -213,8 +217,8 @@ class OpenClipEmbedder(TorchEmbedder):
         size = (size, size) if isinstance(size, int) else tuple(size)
         super().__init__(
             model_id=model_id,
-            family=family,
-            template=DEFAULT_TEMPLATES[family],
+            family=family.name,
+            template=family.templates[0],
             score=score,
             image_size=(int(size[1]), int(size[0])),
             preprocess_config=cfg,
@@ -224,7 +228,7 @@ class OpenClipEmbedder(TorchEmbedder):
         )
         #: how scores become probabilities: the model's own sigmoid (SigLIP-style, it has a
         #: logit bias) or a fitted Platt calibration (CLIP-style)
-        self.probability = "sigmoid" if bias is not None else "platt"
+        self.probability = family.probability
         self.model = model
         self.transform = preprocess
         self.tokenizer = tok

@@ -5,14 +5,20 @@ per-model defaults (e.g. the duplicate threshold).
 A checkpoint's own config, tokenizer and processor files always win over the zoo: an entry only
 adds what those files cannot say. Family defaults are merged under each entry (as open_clip's
 ``pretrained.py`` does with ``_slpcfg``); an unknown key is an error, so a typo never passes.
+
+Users add entries (and families) without editing package data: a ``models.json`` of the same
+schema in the user config dir (``$SEARCHLITE_CONFIG``, else platformdirs' ``user_config_dir``) and
+in the library folder, read in that order over the package's ``zoo.json``, validated alike.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from searchlite.errors import ModelLoadError
@@ -21,6 +27,8 @@ from searchlite.errors import ModelLoadError
 KEYS = frozenset({"spec", "family", "templates", "text", "image", "languages", "dim", "license", "params",
                   "defaults", "description", "published", "lang", "backend", "probability", "center", "match",
                   "language_templates"})
+#: Probability 0.5 at this cosine for an uncalibrated Platt model whose family sets no ``center``.
+DEFAULT_CENTER = 0.25
 #: Keys of an entry's "text" rules.
 TEXT_KEYS = frozenset({"lower", "clean", "lang_prefix", "padding", "max_length", "tokenizer"})
 
@@ -46,7 +54,7 @@ class ZooEntry:
     language_templates: dict[str, str] = field(default_factory=dict)  # script language -> template
     backend: str = "hf"
     probability: str = "platt"  # "sigmoid": the model's own scale and bias; "platt": a fitted calibration
-    center: float = 0.25  # uncalibrated Platt fallback: probability 0.5 at this cosine
+    center: float = DEFAULT_CENTER  # uncalibrated Platt fallback: probability 0.5 at this cosine
 
     @property
     def template(self) -> str:
@@ -96,7 +104,7 @@ def parse_zoo(raw: dict) -> dict[str, ZooEntry]:
                               description=merged.get("description", ""), published=dict(merged.get("published", {})),
                               lang=merged.get("lang"), backend=merged.get("backend", "hf"),
                               language_templates=dict(merged.get("language_templates", {})),
-                              probability=merged.get("probability", "platt"), center=float(merged.get("center", 0.25)))
+                              probability=merged.get("probability", "platt"), center=float(merged.get("center", DEFAULT_CENTER)))
     return out
 
 
@@ -118,9 +126,89 @@ class Family:
     language_templates: dict[str, str] = field(default_factory=dict)
 
 
+#: A user zoo file's name (user config dir and library folder).
+USER_FILE = "models.json"
+#: Top-level keys of a zoo document.
+DOCUMENT_KEYS = frozenset({"families", "models", "_comment"})
+_library: Path | None = None
+
+
 @lru_cache(maxsize=1)
-def _raw() -> dict:
+def _package() -> dict:
     return json.loads((resources.files("searchlite.models") / "zoo.json").read_text(encoding="utf-8"))
+
+
+def config_dir() -> Path:
+    """$SEARCHLITE_CONFIG, else the platform's user config dir (e.g. ~/.config/searchlite)."""
+    import os
+
+    env = os.environ.get("SEARCHLITE_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("searchlite", appauthor=False))
+
+
+def use_library(folder: str | Path | None) -> None:
+    """Read the ``models.json`` of this library folder too (a Library calls this when it opens)."""
+    global _library
+    _library = Path(folder) if folder is not None else None
+
+
+def user_files() -> list[Path]:
+    """The user zoo files that exist, in the order they apply (config dir, then library folder)."""
+    found = [config_dir() / USER_FILE] + ([_library / USER_FILE] if _library is not None else [])
+    return [p for p in found if p.is_file()]
+
+
+def _read_user(path: Path) -> dict:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: cannot read the model zoo file ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("models", {}), dict) \
+            or not isinstance(raw.get("families", {}), dict):
+        raise ModelLoadError(f"{path}: a zoo file is an object with \"models\" (and \"families\") objects")
+    unknown = set(raw) - DOCUMENT_KEYS
+    if unknown:
+        raise ModelLoadError(f"{path}: unknown key {sorted(unknown)[0]!r} (a zoo file has families and models)")
+    return raw
+
+
+@lru_cache(maxsize=8)
+def _merged(stamps: tuple[tuple[str, int], ...]) -> dict:
+    raw = {"families": dict(_package()["families"]), "models": dict(_package()["models"])}
+    for name, _ in stamps:
+        path = Path(name)
+        user = _read_user(path)
+        try:
+            for fam_name, data in user.get("families", {}).items():
+                _check(fam_name, data)
+            parse_zoo({"families": {**raw["families"], **user.get("families", {})}, "models": user.get("models", {})})
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{path}: {exc}") from exc
+        raw["families"].update(user.get("families", {}))
+        raw["models"].update(user.get("models", {}))
+    return raw
+
+
+def _stamps() -> tuple[tuple[str, int], ...]:
+    """The user zoo files in force with their modification times (the cache key)."""
+    stamps = []
+    for path in user_files():
+        try:
+            stamps.append((str(path), path.stat().st_mtime_ns))
+        except OSError:
+            continue
+    return tuple(stamps)
+
+
+def _raw() -> dict:
+    """The zoo document in force: the package's zoo.json with the user files merged over it."""
+    return _merged(_stamps())
 
 
 def families() -> dict[str, Family]:
@@ -129,7 +217,7 @@ def families() -> dict[str, Family]:
     for name, data in _raw()["families"].items():
         _check(name, data)
         out[name] = Family(name, data.get("backend", "hf"), data.get("probability", "platt"),
-                           float(data.get("center", 0.25)), tuple(data.get("templates") or ["{}"]),
+                           float(data.get("center", DEFAULT_CENTER)), tuple(data.get("templates") or ["{}"]),
                            dict(data.get("text", {})), dict(data.get("defaults", {})), dict(data.get("match", {})),
                            tuple(data.get("languages") or ["en"]), dict(data.get("language_templates", {})))
     return out
@@ -140,10 +228,34 @@ def family(name: str) -> Family | None:
     return families().get(name)
 
 
-@lru_cache(maxsize=1)
+def openclip_family(arch: str | None, sigmoid: bool, tokenizer: str | None = None) -> Family:
+    """The zoo family of an open_clip model: the first ``openclip`` family whose ``match`` names the
+    architecture (shell patterns, any case) or the tokenizer class, with the model's kind of score
+    (``sigmoid``: it has a logit bias); else the family of that kind with no ``match``. ``arch`` is
+    None for a local folder (its name says nothing)."""
+    probability = "sigmoid" if sigmoid else "platt"
+    candidates = [f for f in families().values() if f.backend == "openclip" and f.probability == probability]
+    for fam in candidates:
+        if not fam.match:
+            continue
+        by_arch = arch is not None and any(fnmatch.fnmatch(arch.lower(), pattern.lower())
+                                           for pattern in fam.match.get("arch", ()))
+        if by_arch or (tokenizer is not None and tokenizer in fam.match.get("tokenizer", ())):
+            return fam
+    plain = [f for f in candidates if not f.match]
+    if not plain:
+        raise ModelLoadError(f"the model zoo has no open_clip family with {probability} scores")
+    return plain[0]
+
+
 def entries() -> dict[str, ZooEntry]:
-    """Every zoo entry by alias (read once per process)."""
-    return parse_zoo(_raw())
+    """Every zoo entry by alias (parsed once per state of the zoo files)."""
+    return _entries(_stamps())
+
+
+@lru_cache(maxsize=8)
+def _entries(stamps: tuple[tuple[str, int], ...]) -> dict[str, ZooEntry]:
+    return parse_zoo(_merged(stamps))
 
 
 def entry(alias: str) -> ZooEntry | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from searchlite import SearchliteError
@@ -66,20 +66,3 @@ class HostCheck:
         except ValueError:
             return False
         return address.is_loopback or self.any_address or address == self.address
-
-
-def serve_http(lib: Any, host: str, port: int, token: str | None = None, *, allow_hosts: Sequence[str] = (),
-               models: Sequence[str] = ()) -> None:
-    """Run the HTTP API and page until interrupted. Refuses a non-loopback address without a token."""
-    if not is_loopback(host) and not token:
-        raise SearchliteError(f"refusing to serve on {host} without a token: anyone on the network could see "
-                              "your photos (bind 127.0.0.1, or drop --no-token)")
-    try:
-        import uvicorn
-
-        from searchlite.web.app import create_app
-    except ImportError as exc:
-        raise SearchliteError(f"the web front end needs the web extra: pip install 'searchlite[web]' ({exc.name} "
-                              "is missing)") from exc
-    app = create_app(lib, token, bound_host=host, allow_hosts=allow_hosts, models=models)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

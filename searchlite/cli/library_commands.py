@@ -27,6 +27,7 @@ from searchlite.cli.common import (
     PreviewOpt,
     Print0Opt,
     Progress,
+    RuntimeOpt,
     ServeOpt,
     app,
     escape_path,
@@ -66,6 +67,7 @@ def index(
                                                           ".thumbnails (kept with the root; default: on).",
                                                           show_default=False)] = None,
     precision: PrecisionOpt = "auto",
+    runtime: RuntimeOpt = "auto",
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -74,7 +76,7 @@ def index(
 
     if index_type and index_type not in INDEX_TYPES:
         raise typer.BadParameter(f"--index must be one of {', '.join(INDEX_TYPES)}")
-    lib = open_library(library, device, batch_size, create=True, precision=precision)
+    lib = open_library(library, device, batch_size, create=True, precision=precision, runtime=runtime)
     progress = Progress("indexing", disable=as_json)
 
     try:

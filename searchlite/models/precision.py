@@ -31,7 +31,7 @@ from searchlite.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # int8: the ONNX engine's image tower
 #: The least cosine to fp32 a reduced precision must keep on every probe (images and texts).
 MIN_COSINE = 0.999
 #: CPU flags (Linux /proc/cpuinfo) of native bf16 arithmetic.

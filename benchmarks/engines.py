@@ -69,7 +69,7 @@ def export_tower(model, size: int, folder: Path) -> tuple[Path, Path]:
 
     _export_visual(Shim(), np.zeros((2, 3, size, size), dtype=np.float32), folder / "raw.onnx")
     _optimise(folder / "raw.onnx", folder / "visual.onnx")
-    return folder / "visual.onnx", quantize_visual(folder, reduce_range=cpu_vnni() is None)
+    return folder / "visual.onnx", quantize_visual(folder / "visual.onnx", reduce_range=cpu_vnni() is None)
 
 
 def best_rate(fn, n: int, repeats: int) -> float:

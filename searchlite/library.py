@@ -393,8 +393,12 @@ class Library:
         """Export (and validate) a model's text tower for the light query path; an existing export
         (or a recorded failure) of the same model is kept unless ``force``."""
         folder = self.export_folder(row)
-        if getattr(emb, "runtime", "torch") == "onnx" and not force:  # its text tower is exported already
-            return _link_text_export(emb.folder / "text", folder)
+        if emb is None and row.runtime == "onnx":
+            emb = self.embedder_for(row)
+        if getattr(emb, "runtime", "torch") == "onnx":  # its text tower is exported already
+            if (emb.folder / "text" / "meta.json").is_file():
+                return _link_text_export(emb.folder / "text", folder)
+            return {"valid": False, "reason": "the model's ONNX engine embeds texts itself (Immich's layout)"}
         from searchlite.models.export import export_text_tower
 
         if not force:

@@ -67,7 +67,8 @@ class OnnxEmbedder:
     runtime = "onnx"
 
     def __init__(self, folder: Path, meta: dict | None = None, batch_size: int = 32, threads: int | None = None,
-                 visual: Path | None = None) -> None:
+                 visual: Path | None = None, text: tuple[Path, dict] | None = None) -> None:
+        """``visual`` / ``text`` (folder, meta): towers elsewhere than this layout's (Immich's layout)."""
         from searchlite.errors import ModelLoadError
         from searchlite.models.light import OnnxTextEncoder, read_meta
 
@@ -93,12 +94,13 @@ class OnnxEmbedder:
         self.precision_note = "fp32 (onnx)"
         self.precision_check: dict[str, Any] = {}
         self._dim = int(meta["dim"])
-        self.visual = session(visual or self.folder / "visual.onnx", threads)
+        self.visual_path = visual or self.folder / "visual.onnx"
+        self.visual = session(self.visual_path, threads, optimised=visual is None)
         self.visual_input = self.visual.get_inputs()[0].name
-        text_meta = read_meta(self.folder / "text")
+        text_folder, text_meta = text if text is not None else (self.folder / "text", read_meta(self.folder / "text"))
         if text_meta is None:
             raise ModelLoadError(f"{folder} has no valid text tower export (text/meta.json)")
-        self.text = OnnxTextEncoder(self.folder / "text", text_meta, threads)
+        self.text = OnnxTextEncoder(text_folder, text_meta, threads)
         self.default_lang = self.text.default_lang
 
     @property

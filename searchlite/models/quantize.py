@@ -38,26 +38,26 @@ def cpu_vnni() -> str | None:
     return next((f for f in VNNI_FLAGS if f in flags), None)
 
 
-def _int8_path(folder: Path, reduce_range: bool) -> Path:
+def _int8_path(visual: Path, reduce_range: bool) -> Path:
     """In the cache dir (never inside an export: the demo's is package data), keyed by the export's
     location and its graph's size and mtime."""
     from searchlite.config import cache_dir
 
-    stat = (folder / "visual.onnx").stat()
-    key = hashlib.sha256(f"{folder.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    stat = visual.stat()
+    key = hashlib.sha256(f"{visual.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     return cache_dir() / "int8" / key / f"visual.int8{'-rr' if reduce_range else ''}.onnx"
 
 
-def quantize_visual(folder: Path, reduce_range: bool) -> Path:
-    """The export's int8 image tower (made once): MatMul-only, per-channel, dynamic."""
-    out = _int8_path(folder, reduce_range)
+def quantize_visual(visual: Path, reduce_range: bool) -> Path:
+    """The int8 copy of an fp32 image tower graph (made once): MatMul-only, per-channel, dynamic."""
+    out = _int8_path(visual, reduce_range)
     if out.is_file():
         return out
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    quantize_dynamic(str(folder / "visual.onnx"), str(tmp), op_types_to_quantize=["MatMul"], per_channel=True,
+    quantize_dynamic(str(visual), str(tmp), op_types_to_quantize=["MatMul"], per_channel=True,
                      reduce_range=reduce_range, weight_type=QuantType.QInt8)
     tmp.replace(out)
     return out
@@ -101,7 +101,7 @@ def use_int8(emb: Any) -> Any:
     check: dict[str, Any] = {"precision": "int8", "vnni": vnni, "reduce_range": reduce_range,
                              "threshold_cosine": MIN_COSINE, "threshold_overlap": MIN_OVERLAP}
     try:
-        quantized = session(quantize_visual(emb.folder, reduce_range), optimised=False)
+        quantized = session(quantize_visual(emb.visual_path, reduce_range), optimised=False)
         images = probe_set(emb.image_size)
         pixels = np.stack([emb.preprocess(im) for im in images])
         fp32 = emb.embed_pixels(pixels)

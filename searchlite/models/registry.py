@@ -7,6 +7,7 @@ Specs:
                                                           architecture names (offline SigLIP, nllb, worldwide)
   ``hf:<hub id | local folder>``                          e.g. ``hf:google/siglip-so400m-patch14-384``
   ``onnx:<folder>``                                       a searchlite ONNX model folder (runs without torch)
+  ``immich:<folder | name>``                              Immich's ONNX layout (a folder, or immich-app/<name>)
   an alias from :data:`ALIASES` (``siglip``, ``siglip-base``, ``clip``, ``align``, ``demo``).
 """
 
@@ -45,7 +46,7 @@ def demo_model_dir() -> Path:
 class ModelSpec:
     """A parsed model spec: which backend, what to load, and the id stored with every vector."""
 
-    backend: str  # "hf" | "openclip" | "onnx"
+    backend: str  # "hf" | "openclip" | "onnx" | "immich"
     source: str  # hub id, folder, or open_clip architecture
     pretrained: str | None
     model_id: str
@@ -64,7 +65,7 @@ class ModelSpec:
         """A spec string that loads the same model from any working directory."""
         if self.model_id.startswith("demo#"):
             return DEMO_ALIAS
-        if self.backend in ("hf", "onnx"):
+        if self.backend in ("hf", "onnx", "immich"):
             return f"{self.backend}:{self.source}"
         return (f"openclip:{self.source}" + (f"@{self.pretrained}" if self.pretrained else "")
                 + (f"?tokenizer={self.tokenizer}" if self.tokenizer else ""))
@@ -86,7 +87,7 @@ def same_model(a: str, b: str) -> bool:
 def stored_spec_missing(spec: str) -> Path | None:
     """For a spec stored in a library: its local folder or file when that no longer exists."""
     backend, _, rest = spec.partition(":")
-    if backend not in ("hf", "openclip", "onnx"):
+    if backend not in ("hf", "openclip", "onnx", "immich"):
         return None
     for part in rest.replace("?tokenizer=", "@").split("@"):
         if part.startswith("/") and not Path(part).exists():
@@ -129,6 +130,12 @@ def parse_spec(spec: str) -> ModelSpec:
     backend, sep, rest = spec.partition(":")
     if backend == "onnx" and sep:
         return _onnx_spec(rest)
+    if backend == "immich" and sep and rest:
+        from searchlite.models.immich import resolve_folder
+
+        folder = resolve_folder(rest)
+        source = str(folder) if Path(rest).expanduser().is_dir() else rest
+        return ModelSpec("immich", source, None, f"immich:{folder.name}#{fingerprint(folder / 'visual' / 'model.onnx')}")
     if not sep or backend not in {"hf", "openclip"} or not rest:
         raise ModelLoadError(
             f"bad model spec '{spec}': use hf:<hub id or folder>, openclip:<arch>@<tag or file>, onnx:<folder>, "
@@ -235,6 +242,19 @@ def load_onnx(folder: str, batch_size: int = 32, precision: str = "fp32") -> Emb
     return emb
 
 
+@lru_cache(maxsize=8)
+def load_immich(spec: ModelSpec, batch_size: int = 32, precision: str = "fp32") -> Embedder:
+    """The ONNX engine on an Immich-layout folder (see :mod:`searchlite.models.immich`)."""
+    from searchlite.models.immich import load, resolve_folder
+
+    emb = load(resolve_folder(spec.source), spec.model_id, batch_size)
+    if precision == "int8":
+        from searchlite.models.quantize import use_int8
+
+        use_int8(emb)
+    return emb
+
+
 def load_embedder(spec: str | ModelSpec, device: str = "auto", batch_size: int = 32,
                   precision: str = "auto", runtime: str = "auto") -> Embedder:
     """Load (or reuse from this process's cache) the Embedder for a spec string, in ``precision``
@@ -248,6 +268,8 @@ def load_embedder(spec: str | ModelSpec, device: str = "auto", batch_size: int =
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
     check_runtime(runtime)
     precision = check_precision(precision)
+    if parsed.backend == "immich":
+        return load_immich(parsed, batch_size, "int8" if precision == "int8" else "fp32")
     export = onnx_export_of(parsed)
     if export is not None and (parsed.backend == "onnx" or wants_onnx(runtime, precision, True)):
         return load_onnx(str(export), batch_size, "int8" if precision == "int8" else "fp32")

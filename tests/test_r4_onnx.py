@@ -174,3 +174,24 @@ def test_torch_free_demo_gives_the_documented_figures(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     t2i = json.loads(proc.stdout.strip().splitlines()[-1])
     assert round(t2i["recall@1"], 4) == 0.9167 and round(t2i["mrr"], 4) == 0.9516  # the torch figures (README)
+
+
+def test_the_demo_onnx_export_is_package_data_and_valid():
+    """Every file of the shipped demo export is matched by pyproject's package-data globs, and it is a
+    valid export of the demo model's own weights (same model id)."""
+    import fnmatch
+    tomllib = pytest.importorskip("tomllib")
+
+    from searchlite.models.registry import onnx_export_of, parse_spec
+    from searchlite.sample_data import DEMO_MODEL_DIR
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "searchlite.sample_data"]
+    files = [p.relative_to(DEMO_MODEL_DIR.parent).as_posix() for p in (DEMO_MODEL_DIR / "onnx").rglob("*")
+             if p.is_file()]
+    assert files and all(any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs) for f in files)
+    assert onnx_export_of(parse_spec("demo")) == DEMO_MODEL_DIR / "onnx"
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = " ".join(deps["dependencies"])
+    assert not any(name in core for name in ("torch", "open_clip", "transformers", "torchvision"))
+    assert "searchlite[torch" in " ".join(deps["optional-dependencies"]["all"])

@@ -111,10 +111,14 @@ def export_model(embedder: Any, folder: Path) -> dict:
         if not text.get("valid"):
             meta["reason"] = f"text tower: {text.get('reason')}"
         else:
-            onnx = OnnxEmbedder(tmp, {**meta, "valid": True}).embed_images(images)
             with full_precision(embedder), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                reference = embedder.embed_images(images)
+                try:
+                    reference = embedder.embed_images(images)
+                except Exception:  # noqa: BLE001 - a processor without RGB conversion (EfficientNet): the
+                    images = [im.convert("RGB") for im in images]  # pipeline decodes to RGB anyway
+                    reference = embedder.embed_images(images)
+            onnx = OnnxEmbedder(tmp, {**meta, "valid": True}).embed_images(images)
             max_abs = float(np.abs(onnx - reference).max())
             min_cos = float((onnx * reference).sum(axis=1).min())
             meta["image_check"] = {"max_abs_diff": max_abs, "min_cosine": min_cos, "probes": len(images),

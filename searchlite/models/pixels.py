@@ -50,7 +50,8 @@ class PixelRecipe:
 
     ``steps``: a list of dicts, each ``{"op": ...}``: ``rgb`` (``white``: alpha composited over white); ``resize`` (``size`` [w, h] or
     ``short`` n, ``resample`` a PIL code); ``crop`` (``size`` [w, h], ``rounding`` round|floor);
-    ``normalize`` (``scale``, ``mean``, ``std``, ``float64`` whether the rescale runs in float64)."""
+    ``normalize`` (``scale``, ``mean``, ``std``, ``float64`` whether the rescale runs in float64,
+    ``offset`` subtracted after the rescale and ``top_std`` a second division: EfficientNet's)."""
 
     steps: tuple[dict[str, Any], ...]
 
@@ -83,9 +84,14 @@ class PixelRecipe:
                     x = (raw.astype(np.float64) * float(step["scale"])).astype(np.float32)
                 else:  # torchvision: to float32, divided by 255
                     x = raw.astype(np.float32) / np.float32(1.0 / float(step["scale"]))
+                if step.get("offset"):  # EfficientNet (ALIGN): rescaled to [-1, 1]
+                    x = x - np.float32(step["offset"])
                 mean = np.asarray(step["mean"], dtype=np.float32)
                 std = np.asarray(step["std"], dtype=np.float32)
-                array = ((x - mean) / std).transpose(2, 0, 1)
+                x = (x - mean) / std
+                if step.get("top_std"):  # EfficientNet's include_top: divided by the std once more
+                    x = x / np.asarray(step["top_std"], dtype=np.float32)
+                array = x.transpose(2, 0, 1)
             else:
                 raise UnsupportedRecipe(f"unknown preprocessing step {op!r}")
         if array is None:
@@ -132,7 +138,7 @@ def _openclip_steps(transform: Any) -> list[dict[str, Any]]:
 
 def _processor_steps(config: dict[str, Any]) -> list[dict[str, Any]]:
     """A transformers image processor's config (``to_dict()``) -> steps (its PIL backend's order)."""
-    for flag in ("do_pad", "rescale_offset", "max_num_patches", "do_image_splitting"):
+    for flag in ("do_pad", "max_num_patches", "do_image_splitting"):
         if config.get(flag):
             raise UnsupportedRecipe(f"image processor option {flag} is not reproduced")
     steps: list[dict[str, Any]] = [{"op": "rgb", "white": True}] if config.get("do_convert_rgb", True) else []
@@ -151,8 +157,13 @@ def _processor_steps(config: dict[str, Any]) -> list[dict[str, Any]]:
     mean = config.get("image_mean") if config.get("do_normalize", True) else [0.0, 0.0, 0.0]
     std = config.get("image_std") if config.get("do_normalize", True) else [1.0, 1.0, 1.0]
     scale = float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 1.0
-    steps.append({"op": "normalize", "scale": scale, "mean": [float(v) for v in mean],
-                  "std": [float(v) for v in std], "float64": True})
+    norm = {"op": "normalize", "scale": scale, "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "float64": True}
+    if config.get("rescale_offset") and config.get("do_rescale", True):
+        norm["offset"] = 1.0
+    if config.get("include_top"):
+        norm["top_std"] = [float(v) for v in config["image_std"]]
+    steps.append(norm)
     return steps
 
 

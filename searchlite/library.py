@@ -92,7 +92,11 @@ class Library:
                 raise ModelLoadError(f"the model this library was indexed with is no longer at {gone} (moved or "
                                      f"deleted?); pass --model with its new location, e.g. --model hf:/new/path")
             onnx = self._library_onnx(row)
-            emb = self._embedders[row.id] = onnx if onnx is not None else self.embedder(row.spec)
+            if onnx is None:  # auto: the engine recorded for the model (e.g. a bundled export's)
+                runtime = "onnx" if self.runtime == "auto" and row.runtime == "onnx" else self.runtime
+                onnx = load_embedder(row.spec, device=self.device, batch_size=self.batch_size,
+                                     precision=self.precision, runtime=runtime)
+            emb = self._embedders[row.id] = onnx
         return emb
 
     # -- engines: a model's own ONNX export in the library (see searchlite.models.runtime) --------------

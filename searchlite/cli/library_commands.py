@@ -287,7 +287,8 @@ def status(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
         print(f"model {m['model']} ({m['family']}, d={m['dim']}): {count} vectors, index {m['index']} "
               f"({m['index_type']}, {m['stale']} deleted awaiting compaction){', calibrated' if m['calibrated'] else ''}")
         if m.get("precision"):
-            print("  embedded in " + ", ".join(f"{p} {n}" for p, n in sorted(m["precision"].items())))
+            print("  embedded in " + ", ".join(f"{p} {n}" for p, n in sorted(m["precision"].items()))
+                  + f" (engine {m.get('runtime', 'torch')})")
 
 
 @app.command()

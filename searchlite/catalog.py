@@ -167,6 +167,9 @@ class ModelRow(Base):
     #: how scores become probabilities: "sigmoid" (the model's own scale and bias) or "platt" (fitted)
     probability: Mapped[str] = mapped_column(String(16), default="platt")
     precision: Mapped[str | None] = mapped_column(Text)  # JSON: vectors stored per precision, e.g. {"bf16": 120}
+    # round4-onnx
+    #: the engine the model's vectors were last embedded with: "torch" | "onnx" (None: torch, before round 4)
+    runtime: Mapped[str | None] = mapped_column(String(16))
 
 
 class VectorRow(Base):

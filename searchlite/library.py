@@ -46,13 +46,16 @@ class Library:
 
     def __init__(self, path: str | Path | None = None, *, device: str = "auto", batch_size: int = 32,
                  create: bool = True, precision: str = "auto", resident: bool = True,
-                 read_only: bool | None = None) -> None:
+                 read_only: bool | None = None, runtime: str = "auto") -> None:
         """``precision``: auto|fp32|bf16|fp16 for the torch models (see :mod:`searchlite.models.precision`);
         ``resident``: a long-lived process (the Python API, ``serve``, the web page), whose query texts
         take the faster of the ONNX fp32 and the torch reduced-precision text tower, measured once;
         the one-shot CLI passes False and keeps the light ONNX path (no torch import).
-        ``read_only`` (default: detected, see :class:`Catalog`) opens the library as on read-only media."""
+        ``read_only`` (default: detected, see :class:`Catalog`) opens the library as on read-only media.
+        ``runtime``: auto|torch|onnx, the engine of the towers (see :mod:`searchlite.models.runtime`);
+        ``precision="int8"`` runs the ONNX engine's validated int8 image tower."""
         from searchlite.models.precision import check_precision
+        from searchlite.models.runtime import check_runtime
 
         self.path = (Path(path).expanduser() if path else default_library()).absolute()
         from searchlite.models.zoo import use_library
@@ -61,6 +64,7 @@ class Library:
         self.device = device
         self.batch_size = batch_size
         self.precision = check_precision(precision)
+        self.runtime = check_runtime(runtime)
         self.resident = resident
         #: per model row: which text tower answers queries and the one-query timings that chose it
         self.text_paths: dict[int, dict[str, Any]] = {}
@@ -78,7 +82,8 @@ class Library:
 
     # -- models ------------------------------------------------------------------------------------
     def embedder(self, spec: str) -> Embedder:
-        return load_embedder(spec, device=self.device, batch_size=self.batch_size, precision=self.precision)
+        return load_embedder(spec, device=self.device, batch_size=self.batch_size, precision=self.precision,
+                             runtime=self.runtime)
 
     def embedder_for(self, row: ModelRow) -> Embedder:
         """The model of a catalog row (loaded once per process), with a clear error when its
@@ -89,8 +94,59 @@ class Library:
             if gone is not None:
                 raise ModelLoadError(f"the model this library was indexed with is no longer at {gone} (moved or "
                                      f"deleted?); pass --model with its new location, e.g. --model hf:/new/path")
-            emb = self._embedders[row.id] = self.embedder(row.spec)
+            onnx = self._library_onnx(row)
+            if onnx is None:  # auto: the engine recorded for the model (e.g. a bundled export's)
+                runtime = "onnx" if self.runtime == "auto" and row.runtime == "onnx" else self.runtime
+                onnx = load_embedder(row.spec, device=self.device, batch_size=self.batch_size,
+                                     precision=self.precision, runtime=runtime)
+            emb = self._embedders[row.id] = onnx
         return emb
+
+    # -- engines: a model's own ONNX export in the library (see searchlite.models.runtime) --------------
+    def onnx_folder(self, row: ModelRow) -> Path:
+        return self.path / "models" / str(row.id) / "onnx"
+
+    def _wants_onnx(self, row: ModelRow) -> bool:
+        from searchlite.models.runtime import torch_available
+
+        if self.runtime == "onnx" or self.precision == "int8":
+            return True
+        return self.runtime == "auto" and (row.runtime == "onnx" or not torch_available())
+
+    def _library_onnx(self, row: ModelRow) -> Embedder | None:
+        """The ONNX engine on the library's own export of a model, when it should run there and has one."""
+        from searchlite.models.onnx_model import read_model_meta
+        from searchlite.models.registry import load_onnx
+
+        folder = self.onnx_folder(row)
+        meta = read_model_meta(folder) if self._wants_onnx(row) else None
+        if meta is None or meta["model_id"] != row.model_id:
+            return None
+        return load_onnx(str(folder), self.batch_size, "int8" if self.precision == "int8" else "fp32")
+
+    def _engine(self, row: ModelRow, emb: Embedder) -> tuple[ModelRow, Embedder]:
+        """The embedder a model indexes with: the ONNX engine where asked for (exported into the library
+        once, validated against torch; a failed export keeps torch and says why), recorded in the row."""
+        if getattr(emb, "runtime", "torch") != "onnx" and self._wants_onnx(row):
+            from searchlite.models.onnx_export import export_model
+
+            folder = self.onnx_folder(row)
+            try:
+                done = json.loads((folder / "model.json").read_text()).get("model_id") == row.model_id
+            except (OSError, ValueError):
+                done = False
+            meta = None if done else export_model(emb, folder)
+            onnx = self._library_onnx(row)
+            if onnx is not None:
+                emb = onnx
+            else:
+                reason = (meta or json.loads((folder / "model.json").read_text())).get("reason")
+                log.warning("%s stays on torch: its ONNX export is not valid (%s)", row.spec, reason)
+        runtime = getattr(emb, "runtime", "torch")
+        if row.runtime != runtime:
+            row = self.catalog.update_model(row.id, runtime=runtime)
+        self._embedders[row.id] = emb
+        return row, emb
 
     def find_model(self, spec: str) -> ModelRow | None:
         """The catalog row of a spec's model, matched by weights for local folders; a moved folder's
@@ -167,6 +223,8 @@ class Library:
             specs = [row.spec for row in rows] or [DEFAULT_MODEL]
         loaded = [(spec, self.embedder(spec)) for spec in specs]
         pairs = [(self.register(spec, emb, indexed=True, index_type=index_type), emb) for spec, emb in loaded]
+        if engine != "ray":  # Ray's actors load the torch model themselves
+            pairs = [self._engine(row, emb) for row, emb in pairs]
         common = dict(batch_size=self.batch_size, draft=draft, include_hidden=include_hidden, raw_pairs=raw_pairs,
                       excludes=exclude, default_excludes=default_excludes)  # None: the rules stored with each root
         if engine == "ray":
@@ -318,6 +376,8 @@ class Library:
             if light is None:
                 encoder = self.embedder_for(row)
                 self.text_paths[row.id] = {"encoder": f"torch-{getattr(encoder, 'precision', 'fp32')}"}
+            elif self._wants_onnx(row) or getattr(self._embedders.get(row.id), "runtime", "") == "onnx":
+                encoder, self.text_paths[row.id] = light, {"encoder": "onnx-fp32"}  # the model's engine is ONNX
             elif self.resident or self.precision in ("bf16", "fp16"):
                 from searchlite.models.precision import faster_text_encoder
 
@@ -332,9 +392,15 @@ class Library:
     def export_text(self, row: ModelRow, emb: Embedder | None = None, force: bool = False) -> dict:
         """Export (and validate) a model's text tower for the light query path; an existing export
         (or a recorded failure) of the same model is kept unless ``force``."""
+        folder = self.export_folder(row)
+        if emb is None and row.runtime == "onnx":
+            emb = self.embedder_for(row)
+        if getattr(emb, "runtime", "torch") == "onnx":  # its text tower is exported already
+            if (emb.folder / "text" / "meta.json").is_file():
+                return _link_text_export(emb.folder / "text", folder)
+            return {"valid": False, "reason": "the model's ONNX engine embeds texts itself (Immich's layout)"}
         from searchlite.models.export import export_text_tower
 
-        folder = self.export_folder(row)
         if not force:
             try:
                 meta = json.loads((folder / "meta.json").read_text())
@@ -475,7 +541,8 @@ class Library:
         for m in self.catalog.models():
             entry = {"model": m.spec, "model_id": m.model_id, "family": m.family, "dim": m.dim,
                      "indexed": m.indexed, "index_type": m.index_type, "calibrated": m.calib_a is not None,
-                     "precision": json.loads(m.precision) if m.precision else {}}  # vectors written per precision
+                     "precision": json.loads(m.precision) if m.precision else {},  # vectors written per precision
+                     "runtime": m.runtime or "torch"}
             if m.indexed:
                 index = self.model_index(m)
                 entry.update(index=index.describe(), stale=int(len(index.snap.tombstones)))
@@ -520,6 +587,30 @@ def zoo_listing(library: str | Path | None = None) -> list[dict]:
                         "license": "?", "params": None, "templates": [r.template], "text": {}, "defaults": {},
                         "description": "", "lang": None, "indexed": True, "default": False})
     return out
+
+
+def _link_text_export(source: Path, folder: Path) -> dict:
+    """The ONNX engine's text tower as the library's light query export (hard links where possible)."""
+    import os
+    import shutil
+
+    from searchlite.models.light import read_meta
+
+    meta = read_meta(folder)
+    if meta is not None:
+        return meta
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, folder, copy_function=link)
+    return read_meta(folder) or {}
 
 
 def probability_rule(emb: Embedder) -> str:

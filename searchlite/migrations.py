@@ -158,7 +158,13 @@ def _v2_to_v3(conn: Connection) -> None:
 
 
 #: STEPS[v] upgrades a version-v catalog to v + 1. A release that changes the schema appends a step.
-STEPS: list[Callable[[Connection], None]] = [_script(_V1), _script(_V2), _v2_to_v3, _script(_V4), _script(_V5_TEXT)]
+#: round 4 (onnx): the engine that embedded a model's vectors (torch | onnx; NULL: torch).
+_MODEL_RUNTIME = """
+ALTER TABLE models ADD COLUMN runtime VARCHAR(16);
+"""
+
+STEPS: list[Callable[[Connection], None]] = [_script(_V1), _script(_V2), _v2_to_v3, _script(_V4), _script(_V5_TEXT),
+                                             _script(_MODEL_RUNTIME)]
 
 
 def current_version(conn: Connection) -> int:

@@ -209,7 +209,7 @@ def test_bench_precision(monkeypatch, tmp_path, hf_siglip):
     counts = [json.loads(Library(p, create=False).model_row(spec).precision) for p in (cache_dir() / "bench").iterdir()]
     assert {"bf16": 12} in counts and {"fp32": 12} in counts
     assert abs(results["bf16"]["recall@1"] - results["fp32"]["recall@1"]) <= 1 / 12 + 1e-9
-    bad = CliRunner().invoke(app, ["bench", str(data), "-m", spec, "--precision", "int8"])
+    bad = CliRunner().invoke(app, ["bench", str(data), "-m", spec, "--precision", "int4"])
     assert bad.exit_code != 0
 
 

@@ -26,25 +26,39 @@ ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model spec 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|mps")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 def _precision(value: str) -> str:
-    """A usage error (exit 2) for a --precision that is not one of the four."""
-    if value not in ("auto", "fp32", "bf16", "fp16"):
-        raise typer.BadParameter(f"must be one of auto, fp32, bf16, fp16, got {value!r}")
+    """A usage error (exit 2) for a --precision that is not one of the five."""
+    if value not in ("auto", "fp32", "bf16", "fp16", "int8"):
+        raise typer.BadParameter(f"must be one of auto, fp32, bf16, fp16, int8, got {value!r}")
     return value
+
+
+def _runtime(value: str) -> str:
+    """A usage error (exit 2) for a --runtime that is not one of the three."""
+    if value not in ("auto", "torch", "onnx"):
+        raise typer.BadParameter(f"must be one of auto, torch, onnx, got {value!r}")
+    return value
+
+
+RuntimeOpt = Annotated[str, typer.Option("--runtime", callback=_runtime, help="auto|torch|onnx: the engine of the "
+                                         "model's towers; onnx exports the model once into the library (validated "
+                                         "against torch) and runs it on onnxruntime; auto: the model's recorded "
+                                         "engine, else torch where installed, else its bundled ONNX export.")]
 
 
 PrecisionOpt = Annotated[str, typer.Option("--precision", callback=_precision, help="auto|fp32|bf16|fp16 for the model's forward; auto: "
                                            "bf16 on CPUs with native bf16 and on CUDA GPUs (fp16 where bf16 is "
                                            "not supported), else fp32; a reduced precision is validated against "
-                                           "fp32 once and falls back to it below cosine 0.999.")]
+                                           "fp32 once and falls back to it below cosine 0.999; int8: the ONNX engine's "
+                                           "dynamically quantized image tower, validated on probes (not the default).")]
 
 
 def open_library(library: Path | None, device: str = "auto", batch_size: int = 32, create: bool = False,
-                 precision: str = "auto", resident: bool = False):
+                 precision: str = "auto", resident: bool = False, runtime: str = "auto"):
     """The Library of a command: one-shot (light ONNX query path) unless ``resident`` (serve)."""
     from searchlite import Library
 
     return Library(library, device=device, batch_size=batch_size, create=create, precision=precision,
-                   resident=resident)
+                   resident=resident, runtime=runtime)
 
 
 #: Idle seconds after which a server started by `--serve` exits ($SEARCHLITE_SERVE_IDLE overrides).

@@ -167,13 +167,24 @@ def models(ctx: typer.Context, library: LibraryOpt = None, as_json: JsonOpt = Fa
 
 @models_app.command("export")
 def export_model(
-    spec: Annotated[str, typer.Argument(help="A model that has indexed the library.")],
+    spec: Annotated[str, typer.Argument(help="A model that has indexed the library (or any spec with --to).")],
     force: Annotated[bool, typer.Option("--force", help="Export again even if an export exists.")] = False,
+    to: Annotated[Path | None, typer.Option("--to", help="Write both towers in Immich's ONNX layout into this "
+                                            "folder (open_clip models; validated against torch), load it back with "
+                                            "--model immich:DIR.")] = None,
     device: DeviceOpt = "cpu",
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a model's text tower to ONNX (validated against torch) so searches skip importing torch."""
+    """Export a model's text tower to ONNX (validated against torch) so searches skip importing torch;
+    with --to, both towers in Immich's layout."""
+    if to is not None:
+        from searchlite.models.immich_export import export_immich
+
+        meta = export_immich(spec, to)
+        print(json.dumps(meta, indent=1) if as_json else f"wrote {spec} in Immich's layout to {to} (image tower "
+              f"max |d| {meta['image_check']['max_abs_diff']:.1e} to torch)")
+        return
     lib = open_library(library, device)
     meta = lib.export_text(lib.model_row(spec), force=force)
     if as_json:

@@ -27,6 +27,7 @@ from searchlite.cli.common import (
     PreviewOpt,
     Print0Opt,
     Progress,
+    RuntimeOpt,
     ServeOpt,
     app,
     escape_path,
@@ -66,6 +67,7 @@ def index(
                                                           ".thumbnails (kept with the root; default: on).",
                                                           show_default=False)] = None,
     precision: PrecisionOpt = "auto",
+    runtime: RuntimeOpt = "auto",
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -74,7 +76,7 @@ def index(
 
     if index_type and index_type not in INDEX_TYPES:
         raise typer.BadParameter(f"--index must be one of {', '.join(INDEX_TYPES)}")
-    lib = open_library(library, device, batch_size, create=True, precision=precision)
+    lib = open_library(library, device, batch_size, create=True, precision=precision, runtime=runtime)
     progress = Progress("indexing", disable=as_json)
 
     try:
@@ -287,7 +289,8 @@ def status(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
         print(f"model {m['model']} ({m['family']}, d={m['dim']}): {count} vectors, index {m['index']} "
               f"({m['index_type']}, {m['stale']} deleted awaiting compaction){', calibrated' if m['calibrated'] else ''}")
         if m.get("precision"):
-            print("  embedded in " + ", ".join(f"{p} {n}" for p, n in sorted(m["precision"].items())))
+            print("  embedded in " + ", ".join(f"{p} {n}" for p, n in sorted(m["precision"].items()))
+                  + f" (engine {m.get('runtime', 'torch')})")
 
 
 @app.command()

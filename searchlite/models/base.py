@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+from searchlite.models.precision import resolve_device  # noqa: F401 - re-exported: precision decides
+
 log = logging.getLogger(__name__)
 
 #: The architecture family: a key of zoo.json "families" (siglip, siglip2, clip, align, chinese_clip, ...).
@@ -62,23 +64,6 @@ class Embedder(Protocol):
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts (already templated) -> float32 (n, d), L2-normalised."""
-
-
-def resolve_device(device: str = "auto") -> str:
-    """'auto' -> 'cuda' when a CUDA GPU is usable, else 'mps' on Apple silicon, else 'cpu'."""
-    import torch
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from searchlite.errors import ModelLoadError
-
-        raise ModelLoadError(f"--device {device} was asked for, but torch sees no CUDA GPU")
-    return device
 
 
 #: One model input: a float32 CHW array, or (NaFlex) a dict of fixed-shape arrays.

@@ -20,21 +20,10 @@ from typing import Any
 import numpy as np
 
 from searchlite.models.light import EXPORT_VERSION, OnnxTextEncoder, prepare_text
+from searchlite.models.precision import PROBES, full_precision
 
 log = logging.getLogger(__name__)
 
-#: Probe texts: case, punctuation, unicode, HTML entities, emoji, spacing, empty, and longer than any context.
-PROBES = [
-    "", "a photo of a cat", "This is a photo of two dogs in the snow.", "A RED car -- on the BEACH!!",
-    "naïve café, Zürich, 東京の夜景", "t-shirt & jeans, 50% off", "emoji 🐶🏖️ and ☃", "   spaces    around   ",
-    "punctuation: (a), [b]; {c}... 'quoted' \"double\"", "HTML &amp; entities &lt;b&gt;", "a photo of a " + "very " * 60 + "long dog",
-    "1 2 3 numbers 2023-07-01", "UPPER lower MiXeD", "tab\tand\nnewline",
-    # CJK, mixed scripts, full-width punctuation: multilingual models' queries
-    "海滩上的两只狗", "雪の中の赤い車", "日本語と English の mixed テキスト", "全角！？（テスト）：ＡＢＣ１２３", "中文，标点。“引号”",
-    "한국어 사진", "Привет, мир", "مرحبا بالعالم",
-    # literal special-token strings in the text must be tokenized as the torch tokenizer does
-    "dog</s>cat", "<unk> x", "[SEP]", "<pad> <eos> <bos>", "<|endoftext|> a", "[CLS] [MASK] b", "<s> c </s>",
-]
 MAX_ABS = 1e-5
 MIN_COS = 0.99999
 
@@ -261,8 +250,6 @@ def export_text_tower(embedder: Any, folder: Path) -> dict:
             _optimise(tmp / "raw.onnx", tmp / "text.onnx")
             (tmp / "raw.onnx").unlink()
             light = OnnxTextEncoder(tmp, {**meta, "valid": True}).embed_texts(PROBES)
-            from searchlite.models.precision import full_precision
-
             with full_precision(embedder), warnings.catch_warnings():  # the export is fp32: check it against torch's fp32
                 warnings.simplefilter("ignore")
                 reference = embedder.embed_texts(PROBES)

@@ -160,14 +160,22 @@ class OnnxTextEncoder:
 
         self.meta = meta
         self.tokenizer = load_tokenizer(folder)
+        pad = meta.get("pad")  # Immich's layout: padding and truncation are the reader's (see models.immich)
+        if pad:
+            self.tokenizer.enable_padding(length=pad["length"], pad_token=pad["token"],
+                                          pad_id=self.tokenizer.token_to_id(pad["token"]))
+            self.tokenizer.enable_truncation(max_length=pad["length"])
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        # the saved graph is already optimised at export: skip the optimisation pass at load
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if "onnx" not in meta:  # our export is optimised when saved: skip the optimisation pass at load
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        self.session = ort.InferenceSession(str(folder / "text.onnx"), options, providers=providers)
+        self.session = ort.InferenceSession(str(folder / meta.get("onnx", "text.onnx")), options, providers=providers)
         self.inputs = list(meta["inputs"])
+        #: the graph's own input names (Immich's: "text") and id dtype (Immich's: int32)
+        self.feed_names = dict(meta.get("feeds") or {})
+        self.id_dtype = np.int32 if meta.get("int32") else np.int64
         #: nllb: the FLORES-200 code put in front of the text when none is asked for (None: takes none)
         self.default_lang: str | None = (meta.get("lang") or {}).get("default")
         self._lang: str | None = self.default_lang
@@ -201,12 +209,12 @@ class OnnxTextEncoder:
     def _tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         encodings = self.tokenizer.encode_batch([prepare_text(clean_text(t, self.meta.get("clean")),
                                                               self.meta.get("prepare")) for t in texts])
-        feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64)}
+        feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=self.id_dtype)}
         if "attention_mask" in self.inputs:
-            feeds["attention_mask"] = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+            feeds["attention_mask"] = np.array([e.attention_mask for e in encodings], dtype=self.id_dtype)
         if "token_type_ids" in self.inputs:
-            feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
-        return feeds
+            feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=self.id_dtype)
+        return {self.feed_names.get(k, k): v for k, v in feeds.items()}
 
     def embed_texts(self, texts: Sequence[str], lang: str | None = None) -> np.ndarray:
         """Texts (already templated) -> float32 (n, d), L2-normalised; ``lang``: nllb's language code."""

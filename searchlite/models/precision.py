@@ -31,13 +31,43 @@ from searchlite.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # int8: the ONNX engine's image tower
 #: The least cosine to fp32 a reduced precision must keep on every probe (images and texts).
 MIN_COSINE = 0.999
 #: CPU flags (Linux /proc/cpuinfo) of native bf16 arithmetic.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 #: How much faster than fp32 a bf16 matmul must measure on this CPU for auto to pick bf16.
 MIN_SPEEDUP = 1.25
+
+#: Probe texts: case, punctuation, unicode, HTML entities, emoji, spacing, empty, and longer than any context.
+PROBES = [
+    "", "a photo of a cat", "This is a photo of two dogs in the snow.", "A RED car -- on the BEACH!!",
+    "naïve café, Zürich, 東京の夜景", "t-shirt & jeans, 50% off", "emoji 🐶🏖️ and ☃", "   spaces    around   ",
+    "punctuation: (a), [b]; {c}... 'quoted' \"double\"", "HTML &amp; entities &lt;b&gt;", "a photo of a " + "very " * 60 + "long dog",
+    "1 2 3 numbers 2023-07-01", "UPPER lower MiXeD", "tab\tand\nnewline",
+    # CJK, mixed scripts, full-width punctuation: multilingual models' queries
+    "海滩上的两只狗", "雪の中の赤い車", "日本語と English の mixed テキスト", "全角！？（テスト）：ＡＢＣ１２３", "中文，标点。“引号”",
+    "한국어 사진", "Привет, мир", "مرحبا بالعالم",
+    # literal special-token strings in the text must be tokenized as the torch tokenizer does
+    "dog</s>cat", "<unk> x", "[SEP]", "<pad> <eos> <bos>", "<|endoftext|> a", "[CLS] [MASK] b", "<s> c </s>",
+]
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when a CUDA GPU is usable, else 'mps' on Apple silicon, else 'cpu'."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from searchlite.errors import ModelLoadError
+
+        raise ModelLoadError(f"--device {device} was asked for, but torch sees no CUDA GPU")
+    return device
 
 
 def check_precision(precision: str) -> str:
@@ -179,8 +209,6 @@ def _set_memory_format(emb: Any, channels_last: bool) -> None:
 def validate(emb: Any, precision: str) -> tuple[float, float]:
     """Min cosine between ``precision`` and fp32 on the probe images and texts (the embedder is
     left in fp32)."""
-    from searchlite.models.export import PROBES
-
     pixels = np.stack([emb.preprocess(im) for im in probe_images(emb.image_size)])
     emb.precision = "fp32"
     ref_img, ref_txt = emb.embed_pixels(pixels), emb.embed_texts(PROBES)
@@ -262,8 +290,6 @@ def faster_text_encoder(light: Any, load_torch: Any, precision: str, device: str
     (``light``) and the torch model in its validated reduced precision (``load_torch()``), with
     what decided it. Where this machine would run the torch model in fp32, the ONNX tower is kept
     without loading torch's model."""
-    from searchlite.models.base import resolve_device
-
     if resolve_precision(precision, resolve_device(device)) == "fp32":
         return light, {"encoder": "onnx-fp32", "reason": "the torch model would run in fp32 here"}
     emb = load_torch()

@@ -6,6 +6,8 @@ Specs:
   ``openclip:<arch>@<tag | file>?tokenizer=<folder>``     a local copy of the hub tokenizer the
                                                           architecture names (offline SigLIP, nllb, worldwide)
   ``hf:<hub id | local folder>``                          e.g. ``hf:google/siglip-so400m-patch14-384``
+  ``onnx:<folder>``                                       a searchlite ONNX model folder (runs without torch)
+  ``immich:<folder | name>``                              Immich's ONNX layout (a folder, or immich-app/<name>)
   an alias from :data:`ALIASES` (``siglip``, ``siglip-base``, ``clip``, ``align``, ``demo``).
 """
 
@@ -44,7 +46,7 @@ def demo_model_dir() -> Path:
 class ModelSpec:
     """A parsed model spec: which backend, what to load, and the id stored with every vector."""
 
-    backend: str  # "hf" | "openclip"
+    backend: str  # "hf" | "openclip" | "onnx" | "immich"
     source: str  # hub id, folder, or open_clip architecture
     pretrained: str | None
     model_id: str
@@ -63,8 +65,8 @@ class ModelSpec:
         """A spec string that loads the same model from any working directory."""
         if self.model_id.startswith("demo#"):
             return DEMO_ALIAS
-        if self.backend == "hf":
-            return f"hf:{self.source}"
+        if self.backend in ("hf", "onnx", "immich"):
+            return f"{self.backend}:{self.source}"
         return (f"openclip:{self.source}" + (f"@{self.pretrained}" if self.pretrained else "")
                 + (f"?tokenizer={self.tokenizer}" if self.tokenizer else ""))
 
@@ -85,7 +87,7 @@ def same_model(a: str, b: str) -> bool:
 def stored_spec_missing(spec: str) -> Path | None:
     """For a spec stored in a library: its local folder or file when that no longer exists."""
     backend, _, rest = spec.partition(":")
-    if backend not in ("hf", "openclip"):
+    if backend not in ("hf", "openclip", "onnx", "immich"):
         return None
     for part in rest.replace("?tokenizer=", "@").split("@"):
         if part.startswith("/") and not Path(part).exists():
@@ -126,9 +128,17 @@ def parse_spec(spec: str) -> ModelSpec:
     alias = known.alias if known is not None else None
     spec = aliases().get(spec, spec)
     backend, sep, rest = spec.partition(":")
+    if backend == "onnx" and sep:
+        return _onnx_spec(rest)
+    if backend == "immich" and sep and rest:
+        from searchlite.models.immich import resolve_folder
+
+        folder = resolve_folder(rest)
+        source = str(folder) if Path(rest).expanduser().is_dir() else rest
+        return ModelSpec("immich", source, None, f"immich:{folder.name}#{fingerprint(folder / 'visual' / 'model.onnx')}")
     if not sep or backend not in {"hf", "openclip"} or not rest:
         raise ModelLoadError(
-            f"bad model spec '{spec}': use hf:<hub id or folder>, openclip:<arch>@<tag or file>, "
+            f"bad model spec '{spec}': use hf:<hub id or folder>, openclip:<arch>@<tag or file>, onnx:<folder>, "
             f"openclip:<folder>, or an alias ({', '.join([*aliases(), DEMO_ALIAS])})"
         )
     if backend == "hf":
@@ -153,6 +163,33 @@ def parse_spec(spec: str) -> ModelSpec:
     if pretrained.startswith((".", "/", "~")) or pretrained.endswith((".safetensors", ".bin", ".pt", ".pth")):
         raise ModelLoadError(f"checkpoint file not found: {pretrained}")
     return ModelSpec("openclip", arch, pretrained, f"openclip:{arch}@{pretrained}", alias, tokenizer)
+
+
+def _onnx_spec(rest: str) -> ModelSpec:
+    """``onnx:<folder>``: a validated searchlite ONNX model folder; its id is the exported model's."""
+    from searchlite.models.onnx_model import read_model_meta
+
+    folder = Path(rest).expanduser()
+    meta = read_model_meta(folder) if folder.is_dir() else None
+    if meta is None:
+        raise ModelLoadError(f"onnx:{rest} is not a folder with a valid searchlite ONNX model (model.json, "
+                             "visual.onnx, text/); write one with `searchlite models export SPEC --to DIR`")
+    return ModelSpec("onnx", str(folder.resolve()), None, meta["model_id"])
+
+
+def onnx_export_of(spec: ModelSpec) -> Path | None:
+    """The validated ONNX export that comes with a spec: an ``onnx:`` folder itself, or an ``onnx/``
+    folder beside a local model's weights (the bundled demo model's) exported from the same weights."""
+    from searchlite.models.onnx_model import read_model_meta
+
+    if spec.backend == "onnx":
+        return Path(spec.source)
+    folder = Path(spec.source) / "onnx"
+    if spec.source.startswith("/") and folder.is_dir():
+        meta = read_model_meta(folder)
+        if meta is not None and meta["model_id"] == spec.model_id:
+            return folder
+    return None
 
 
 def _tokenizer_option(rest: str) -> tuple[str, str | None]:
@@ -191,14 +228,54 @@ def _load(spec: ModelSpec, device: str, batch_size: int, precision: str) -> Embe
     return configure(emb, precision)  # resolved for the device and validated against fp32
 
 
+@lru_cache(maxsize=8)
+def load_onnx(folder: str, batch_size: int = 32, precision: str = "fp32") -> Embedder:
+    """The ONNX engine on an export folder (cached per process); ``int8``: the validated quantized
+    image tower (see :mod:`searchlite.models.quantize`)."""
+    from searchlite.models.onnx_model import OnnxEmbedder
+
+    emb = OnnxEmbedder(Path(folder), batch_size=batch_size)
+    if precision == "int8":
+        from searchlite.models.quantize import use_int8
+
+        use_int8(emb)
+    return emb
+
+
+@lru_cache(maxsize=8)
+def load_immich(spec: ModelSpec, batch_size: int = 32, precision: str = "fp32") -> Embedder:
+    """The ONNX engine on an Immich-layout folder (see :mod:`searchlite.models.immich`)."""
+    from searchlite.models.immich import load, resolve_folder
+
+    emb = load(resolve_folder(spec.source), spec.model_id, batch_size)
+    if precision == "int8":
+        from searchlite.models.quantize import use_int8
+
+        use_int8(emb)
+    return emb
+
+
 def load_embedder(spec: str | ModelSpec, device: str = "auto", batch_size: int = 32,
-                  precision: str = "auto") -> Embedder:
+                  precision: str = "auto", runtime: str = "auto") -> Embedder:
     """Load (or reuse from this process's cache) the Embedder for a spec string, in ``precision``
-    (auto|fp32|bf16|fp16; see :mod:`searchlite.models.precision`)."""
+    (auto|fp32|bf16|fp16|int8; see :mod:`searchlite.models.precision`) on ``runtime`` (auto|torch|onnx;
+    see :mod:`searchlite.models.runtime`). ``onnx`` without an export at hand loads the torch model:
+    the library exports it (:meth:`searchlite.library.Library.index`)."""
     from searchlite.models.base import resolve_device
     from searchlite.models.precision import check_precision
+    from searchlite.models.runtime import check_runtime, require_torch, wants_onnx
 
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    check_runtime(runtime)
+    precision = check_precision(precision)
+    if parsed.backend == "immich":
+        return load_immich(parsed, batch_size, "int8" if precision == "int8" else "fp32")
+    export = onnx_export_of(parsed)
+    if export is not None and (parsed.backend == "onnx" or wants_onnx(runtime, precision, True)):
+        return load_onnx(str(export), batch_size, "int8" if precision == "int8" else "fp32")
+    require_torch(f"model {parsed.canonical}")
+    if precision == "int8":  # int8 is the ONNX engine's: the torch model is loaded to be exported
+        precision = "fp32"
     if parsed.backend == "openclip":  # a missing hub tokenizer fails here, before torch is imported
         from searchlite.models.openclip import preflight
 

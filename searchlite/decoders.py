@@ -95,7 +95,7 @@ def image_extensions() -> frozenset[str]:
     """The file extensions the scanner indexes (lower case, with the dot): every extension the
     installed decoders register, minus :data:`NOT_PHOTOS`, plus camera RAW and :data:`EXTRA_EXTENSIONS`."""
     init_decoders()
-    registered = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    registered = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN or fmt == "MPO"}  # MPO opens through the JPEG plugin
     return frozenset((registered | HEIF_EXTENSIONS | set(EXTRA_EXTENSIONS) | RAW_EXTENSIONS) - set(NOT_PHOTOS)
                      - VIDEO_EXTENSIONS)
 
@@ -118,6 +118,7 @@ class capture_notes:  # noqa: N801 - used as a context manager, like warnings.ca
 
     def __enter__(self) -> list[str]:
         init_decoders()
+        _route_warnings()
         self.notes: list[str] = []
         self.previous = getattr(_NOTES, "notes", None)
         _NOTES.notes = self.notes
@@ -128,16 +129,21 @@ class capture_notes:  # noqa: N801 - used as a context manager, like warnings.ca
 
 
 def _route_warnings() -> None:
-    original = warnings.showwarning
+    """Install the routing ``showwarning`` hook unless it is already the active one (a test runner
+    or the application may have replaced it since)."""
+    current = warnings.showwarning
+    if getattr(current, "_searchlite", False):
+        return
 
     def showwarning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        from_decoder = "PIL" in filename or "pillow_heif" in filename
         notes = getattr(_NOTES, "notes", None)
-        if notes is not None and ("PIL" in filename or "pillow_heif" in filename):
+        if from_decoder and notes is not None:
             notes.append(f"{category.__name__}: {message}")
-            return
-        if "PIL" in filename or "pillow_heif" in filename:
+        elif from_decoder:
             log.debug("decoder warning: %s: %s", category.__name__, message)
-            return
-        original(message, category, filename, lineno, file, line)
+        else:
+            current(message, category, filename, lineno, file, line)
 
+    showwarning._searchlite = True  # type: ignore[attr-defined]
     warnings.showwarning = showwarning

@@ -293,17 +293,7 @@ def _load(source: str | Path | bytes, target_size, draft: bool, max_pixels: int,
                 from searchlite.heifreduce import reduction_factor
 
                 factor = reduction_factor(width, height, need)
-            cost = (width // factor) * (height // factor) if factor > 1 else img.size[0] * img.size[1]
-            with DECODE_BUDGET.hold(width * height if factor > 1 else cost):
-                if factor > 1:
-                    from searchlite.heifreduce import decode_reduced
-
-                    rgb = to_rgb(decode_reduced(source, factor))  # libheif applied the orientation
-                else:
-                    img.load()
-                    oriented = ImageOps.exif_transpose(img)
-                    rgb = to_rgb(oriented)
-                    rgb.load()
+            rgb = _pixels(img, source, width, height, factor)
             if orientation in (5, 6, 7, 8) and fmt != "HEIF":
                 width, height = height, width
     except DecodeFailure:
@@ -321,6 +311,27 @@ def _load(source: str | Path | bytes, target_size, draft: bool, max_pixels: int,
     if taken is None and mtime_ns:
         taken, source_name = local_time_of(mtime_ns), "mtime"
     return LoadedImage(rgb, width, height, fmt, taken, camera, source_name, offset)
+
+
+def _pixels(img: Image.Image, source: str | Path | bytes, width: int, height: int, factor: int) -> Image.Image:
+    """Decode under the pixel budget. ``factor`` > 1: a HEIF with no thumbnail large enough, reduced
+    tile by tile (heiftiles), else from one full decode (heifreduce); libheif applies the orientation."""
+    if factor > 1:
+        from searchlite.heiftiles import decode_tiled
+
+        with DECODE_BUDGET.hold(width * 1024):  # about two tile rows in flight
+            reduced = decode_tiled(source, factor)
+        if reduced is None:
+            from searchlite.heifreduce import decode_reduced
+
+            with DECODE_BUDGET.hold(width * height):  # libheif's full-size buffer
+                reduced = decode_reduced(source, factor)
+        return to_rgb(reduced)
+    with DECODE_BUDGET.hold(img.size[0] * img.size[1]):
+        img.load()
+        rgb = to_rgb(ImageOps.exif_transpose(img))
+        rgb.load()
+    return rgb
 
 
 def _load_raw(source: str | Path | bytes, target_size: tuple[int, int] | None, max_pixels: int,

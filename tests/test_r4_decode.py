@@ -266,6 +266,34 @@ def test_a_large_heic_is_decoded_reduced_to_what_the_model_needs(tmp_path):
     assert exact.image.size == (1200, 900)  # --no-draft keeps the full decode
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_grid_heic_is_decoded_tile_by_tile_in_every_orientation(tmp_path, monkeypatch, orientation):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    import searchlite.heifreduce
+
+    rng = np.random.default_rng(orientation)
+    low = Image.fromarray((rng.random((9, 12, 3)) * 255).astype(np.uint8))
+    pic = np.asarray(low.resize((1200, 900), Image.Resampling.BICUBIC)).copy()
+    pic[:100, :300] = 250  # a corner mark: a wrong rotation or tile placement shows
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    heif = pillow_heif.from_pillow(Image.fromarray(pic))
+    heif.info["exif"] = exif.tobytes()  # pillow-heif stores it as irot/imir transformations
+    heif.save(tmp_path / "grid.heic", quality=90, tile_size=256, enc_params={"preset": "ultrafast"})
+
+    def no_full_decode(*args, **kwargs):
+        raise AssertionError("decoded in full, not tile by tile")
+
+    monkeypatch.setattr(searchlite.heifreduce, "decode_reduced", no_full_decode)
+    loaded = load_image(tmp_path / "grid.heic", target_size=(224, 224))
+    full = pillow_heif.open_heif(tmp_path / "grid.heic").to_pillow().convert("RGB")  # libheif's own full decode
+    assert (loaded.width, loaded.height) == full.size
+    w, h = loaded.image.size
+    assert min(w, h) >= 224 and full.size[0] // w == 4
+    reference = full.crop((0, 0, w * 4, h * 4)).reduce(4)
+    assert np.abs(np.asarray(loaded.image, dtype=np.int16) - np.asarray(reference, dtype=np.int16)).max() <= 1
+
+
 def test_the_pixel_budget_bounds_pixels_in_flight_not_threads():
     from searchlite.pixelbudget import PixelBudget
 

@@ -23,11 +23,12 @@ _SIGNATURES = (
 _MESSAGES = (
     ("truncated", TRUNCATED), ("unexpected end", TRUNCATED), ("end of file", TRUNCATED), ("end of data", TRUNCATED),
     ("not enough data", TRUNCATED), ("input/output error", TRUNCATED), ("premature end", TRUNCATED),
+    ("insufficient input", TRUNCATED), ("cannot read full", TRUNCATED),  # libheif
     ("too large", TOO_LARGE), ("too big", TOO_LARGE), ("decompression bomb", TOO_LARGE),
     ("security limit", TOO_LARGE), ("exceeds", TOO_LARGE), ("insufficient memory", TOO_LARGE),
     ("unsupported", "unsupported"), ("not supported", "unsupported"), ("unknown compression", "unsupported"),
     ("negative seek", CORRUPT_HEADER), ("invalid header", CORRUPT_HEADER), ("not a ", CORRUPT_HEADER),
-    ("cannot identify", NOT_AN_IMAGE), ("no 'ftyp' box", NOT_AN_IMAGE),
+    ("cannot identify", NOT_AN_IMAGE), ("no 'ftyp' box", NOT_AN_IMAGE), ("invalid input", CORRUPT_HEADER),
 )
 #: TIFF compressions every libtiff build decodes
 _BASIC_TIFF = {"raw", "tiff_ccitt", "group3", "group4", "tiff_lzw", "packbits", "tiff_adobe_deflate", "tiff_deflate",

@@ -307,10 +307,24 @@ def _load(source: str | Path | bytes, target_size, draft: bool, max_pixels: int,
         if suffix in HEIF_EXTENSIONS and not heif_available():
             raise DecodeFailure("needs pillow-heif", "HEIC/HEIF photos need pillow-heif: pip install pillow-heif"
                                 ) from exc
-        raise decode_reasons.classify(exc, _head(source), fmt, compression) from exc
+        head = _head(source)
+        if isinstance(exc, Image.UnidentifiedImageError) and decode_reasons.signature_format(head) == "HEIF/AVIF":
+            exc = _libheif_error(source) or exc  # Pillow drops libheif's own words; ask it directly
+        raise decode_reasons.classify(exc, head, fmt, compression) from exc
     if taken is None and mtime_ns:
         taken, source_name = local_time_of(mtime_ns), "mtime"
     return LoadedImage(rgb, width, height, fmt, taken, camera, source_name, offset)
+
+
+def _libheif_error(source: str | Path | bytes) -> Exception | None:
+    """libheif's error for a HEIF/AVIF file Pillow could not identify (None if it opens)."""
+    try:
+        import pillow_heif
+
+        pillow_heif.open_heif(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except Exception as exc:  # noqa: BLE001 - this is the answer
+        return exc
+    return None
 
 
 def _pixels(img: Image.Image, source: str | Path | bytes, width: int, height: int, factor: int) -> Image.Image:

@@ -126,6 +126,14 @@ def test_a_truncated_jpeg_is_truncated():
     assert _error(buf.getvalue()[: len(buf.getvalue()) // 2]).startswith("truncated: ")
 
 
+def test_a_truncated_heic_keeps_libheifs_words():
+    pillow_heif = pytest.importorskip("pillow_heif")
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(_noise(128, 96)).save(buf, quality=90)
+    error = _error(buf.getvalue()[: len(buf.getvalue()) // 2])
+    assert error.startswith("truncated: ") and "end of file" in error.lower(), error
+
+
 def test_a_zero_byte_file_is_empty(tmp_path):
     (tmp_path / "zero.jpg").write_bytes(b"")
     assert _error(tmp_path / "zero.jpg").startswith("empty")

@@ -1,9 +1,15 @@
-"""Robust image decoding: EXIF orientation, JPEG draft mode, any mode to RGB, a bomb guard.
+"""The one decode entry point (:func:`load_image`): EXIF orientation, reduced-size decodes, any mode
+to RGB, the bomb guard, a pixel budget and one vocabulary of failure reasons.
+
+Set-up and the photo extensions live in :mod:`searchlite.decoders`, failure reasons in
+:mod:`searchlite.decode_reasons`, the budget in :mod:`searchlite.pixelbudget`, large HEICs in
+:mod:`searchlite.heiftiles` (tile by tile) and :mod:`searchlite.heifreduce` (fallback).
 
 Draft mode lets libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale straight from the DCT
-coefficients, never below the size the model resizes to. It is 3-4x faster on 12 MP photos and
-changes the model input slightly (the benchmark reports cosine >= 0.99 to the full decode); pass
-``draft=False`` (CLI: ``--no-draft``) for bit-exact parity with a full decode.
+coefficients, never below the size the model resizes to; a HEIC is read from its embedded thumbnail
+when one is large enough, else decoded tile by tile and box-reduced. It is 3-4x faster on 12 MP
+JPEGs and changes the model input slightly (the benchmark reports cosine >= 0.99 to the full
+decode); pass ``draft=False`` (CLI: ``--no-draft``) for bit-exact parity with a full decode.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ def photo(seed: int, size=(4000, 3000)) -> Image.Image:
     arr = np.asarray(base, dtype=np.int16) + rng.integers(-18, 18, (size[1], size[0], 1), dtype=np.int16)
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     scene = gen.sample_scene(random.Random(seed), "test")
-    img.paste(gen.render(scene, random.Random(seed), 2000, 1500).resize((2400, 1800)), (800, 600))
+    img.paste(gen.render(scene, random.Random(seed), 2000, 1500).resize((size[0] * 3 // 5, size[1] * 3 // 5)),
+              (size[0] // 5, size[1] // 5))
     return img
 
 

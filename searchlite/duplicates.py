@@ -120,10 +120,10 @@ class MoveReport:
 
 def exif_fields(path: str) -> int:
     """How many EXIF fields a file carries (0 when unreadable): a header read, no decode."""
-    from PIL import Image
+    from searchlite.decoders import open_image
 
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             exif = im.getexif()
             return len(exif) + sum(len(exif.get_ifd(tag)) for tag in (0x8769, 0x8825))
     except Exception:  # noqa: BLE001 - a tie-breaker only

@@ -1,16 +1,22 @@
-"""Robust image decoding: EXIF orientation, JPEG draft mode, any mode to RGB, a bomb guard.
+"""The one decode entry point (:func:`load_image`): EXIF orientation, reduced-size decodes, any mode
+to RGB, the bomb guard, a pixel budget and one vocabulary of failure reasons.
+
+Set-up and the photo extensions live in :mod:`searchlite.decoders`, failure reasons in
+:mod:`searchlite.decode_reasons`, the budget in :mod:`searchlite.pixelbudget`, large HEICs in
+:mod:`searchlite.heiftiles` (tile by tile) and :mod:`searchlite.heifreduce` (fallback).
 
 Draft mode lets libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale straight from the DCT
-coefficients, never below the size the model resizes to. It is 3-4x faster on 12 MP photos and
-changes the model input slightly (the benchmark reports cosine >= 0.99 to the full decode); pass
-``draft=False`` (CLI: ``--no-draft``) for bit-exact parity with a full decode.
+coefficients, never below the size the model resizes to; a HEIC is read from its embedded thumbnail
+when one is large enough, else decoded tile by tile and box-reduced. It is 3-4x faster on 12 MP
+JPEGs and changes the model input slightly (the benchmark reports cosine >= 0.99 to the full
+decode); pass ``draft=False`` (CLI: ``--no-draft``) for bit-exact parity with a full decode.
 """
 
 from __future__ import annotations
 
 import io
-import threading
-import warnings
+import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -19,23 +25,37 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from searchlite.errors import ImageDecodeError, QueryError
+from searchlite import decode_reasons
+from searchlite.decode_reasons import DecodeFailure
+from searchlite.decoders import (
+    HEIF_EXTENSIONS,
+    MAX_PIXELS,
+    NOT_PHOTOS,
+    VIDEO_EXTENSIONS,
+    capture_notes,
+    heif_available,
+    image_extensions,
+    init_decoders,
+    open_image,
+    registered_format,
+)
+from searchlite.errors import QueryError
+from searchlite.pixelbudget import DECODE_BUDGET
 from searchlite.rawphoto import RAW_EXTENSIONS, decode_raw
 
-HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})
-#: File extensions the scanner picks up (compared case-insensitively).
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
-     ".pbm", ".pnm", ".tga", ".ico", ".dib", ".pcx", ".sgi", ".jp2", ".j2k", ".avif"} | HEIF_EXTENSIONS | RAW_EXTENSIONS
-)
-#: Videos (Live Photo companions, clips) are out of scope: skipped, and counted in the run summary.
-VIDEO_EXTENSIONS = frozenset({".mov", ".mp4", ".m4v", ".avi", ".mkv", ".3gp", ".mts", ".m2ts", ".webm", ".wmv"})
-_HEIF_READY: list[bool] = []
+__all__ = ["HEIF_EXTENSIONS", "MAX_PIXELS", "NOT_PHOTOS", "VIDEO_EXTENSIONS", "image_extensions", "init_decoders",
+           "load_image", "open_image"]
+log = logging.getLogger(__name__)
 
-#: searchlite's one pixel limit (decompression bombs): images above it are refused with a reason.
-#: 256 MP admits stitched panoramas and 200 MP phone sensors; Pillow's own, lower limit (179 MP)
-#: is lifted for the header read, so this is the limit that applies.
-MAX_PIXELS = 256_000_000
+#: File extensions the scanner picks up: ``IMAGE_EXTENSIONS`` (derived lazily from the installed
+#: decoders, see :func:`searchlite.decoders.image_extensions`).
+
+
+def __getattr__(name: str):  # PEP 562: the derived extension list is computed on first use
+    if name == "IMAGE_EXTENSIONS":
+        return image_extensions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _EXIF_IFD = 0x8769
 _ORIENTATION = 0x0112
@@ -46,7 +66,6 @@ _DATE_TAGS = (
     (0x0132, 0x9010, None, "exif-datetime"),  # DateTime (IFD0) + OffsetTime
 )
 _MAKE, _MODEL = 271, 272
-_PIL_LIMIT = threading.Lock()
 
 #: Stored format name -> the names a filter accepts for it (case-insensitive). Pillow names most
 #: formats; a multi-picture JPEG (camera MPF data, Pillow's "MPO") is stored as JPEG, and a camera
@@ -81,7 +100,10 @@ def stored_format(pillow_format: str) -> str:
 def format_names(names: Iterable[str]) -> list[str]:
     """The catalog format values a ``--format`` list selects (aliases, any case; ``raw`` = every
     RAW format). An unknown name is a :class:`QueryError` listing the known ones."""
-    lookup = {alias: fmt for fmt, aliases in FORMATS.items() for alias in (fmt.lower(), *aliases)}
+    lookup = {ext.lstrip("."): stored_format(fmt) for ext in image_extensions()
+              if (fmt := registered_format(ext)) is not None}  # what the installed decoders read (PSD, QOI...)
+    lookup.update({fmt.lower(): fmt for fmt in set(lookup.values())})
+    lookup.update({alias: fmt for fmt, aliases in FORMATS.items() for alias in (fmt.lower(), *aliases)})
     raws = [ext.lstrip(".").upper() for ext in sorted(RAW_EXTENSIONS)]
     out: list[str] = []
     for name in names:
@@ -199,105 +221,155 @@ def exif_meta(exif: Image.Exif) -> tuple[datetime | None, int | None, str | None
     return taken, offset, source, (" ".join(parts) or None)
 
 
-def _register_heif() -> None:
-    """Let Pillow open HEIC/HEIF (pillow-heif, once per process; AVIF is Pillow's own)."""
-    if not _HEIF_READY:
-        try:
-            from pillow_heif import register_heif_opener
-
-            register_heif_opener()
-        except ImportError:
-            pass  # such a file then fails with a reason that names the package (see load_image)
-        _HEIF_READY.append(True)
-
-
-def _open(fp) -> Image.Image:
-    """Image.open with Pillow's own bomb limit lifted for the header read: searchlite applies
-    MAX_PIXELS itself right after, so one limit (ours) decides, with a reason in the error."""
-    with _PIL_LIMIT, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            return Image.open(fp)
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
+def _need_side(target_size, width: int, height: int) -> int:
+    """The long side the model resizes to (0: no target): reduced decodes never go below it."""
+    if not target_size:
+        return 0
+    wanted = target_size(width, height) if callable(target_size) else target_size
+    return max(wanted)
 
 
 def load_image(source: str | Path | bytes, target_size: tuple[int, int] | None = None,
                draft: bool = True, max_pixels: int = MAX_PIXELS, mtime_ns: int | None = None,
                suffix: str | None = None) -> LoadedImage:
-    """Decode one image to RGB, upright, optionally draft-decoded near ``target_size``; an
-    animated image (or a motion photo) gives its first frame, a multi-image HEIC its primary image,
-    a camera RAW its preview or a half-size demosaic. ``suffix`` (default: the path's) routes RAW
+    """Decode one image to RGB, upright, optionally reduced near ``target_size`` (the one decode
+    entry point: plugin registry, reduced-size decode, pixel budget, error vocabulary).
+
+    An animated image (or a motion photo) gives its first frame, a multi-image HEIC its primary
+    image, a camera RAW its preview or a half-size demosaic. With ``draft``, a JPEG is decoded at
+    1/2..1/8 scale (libjpeg DCT scaling) and a HEIC from its embedded thumbnail or box-reduced from
+    libheif's buffer, never below the model's size. ``suffix`` (default: the path's) routes RAW
     files to rawpy; ``mtime_ns`` is the capture-date fallback.
 
-    Raises :class:`ImageDecodeError` with a one-line reason for anything that is not a readable image.
+    Raises :class:`~searchlite.decode_reasons.DecodeFailure` (an ``ImageDecodeError``) whose text
+    is ``"reason: detail"``; decoder warnings are appended to that detail or logged at debug level.
     """
     suffix = (suffix or ("" if isinstance(source, bytes) else Path(source).suffix)).lower()
-    _register_heif()
+    init_decoders()
+    with capture_notes() as notes:
+        try:
+            loaded = _load(source, target_size, draft, max_pixels, mtime_ns, suffix)
+        except DecodeFailure as exc:
+            raise _with_notes(exc, notes) from exc.__cause__
+    for note in notes:
+        log.debug("%s: %s", source if not isinstance(source, bytes) else "image", note)
+    return loaded
+
+
+def _with_notes(exc: DecodeFailure, notes: list[str]) -> DecodeFailure:
+    if not notes:
+        return exc
+    return DecodeFailure(exc.reason, f"{exc.detail} [decoder warnings: {'; '.join(notes[:3])}]")
+
+
+def _head(source: str | Path | bytes) -> bytes:
+    if isinstance(source, bytes):
+        return source[:32]
     try:
-        if suffix in RAW_EXTENSIONS:
-            return _load_raw(source, target_size, max_pixels, mtime_ns, suffix)
+        with open(source, "rb") as fh:
+            return fh.read(32)
+    except OSError:
+        return b""
+
+
+def _load(source: str | Path | bytes, target_size, draft: bool, max_pixels: int, mtime_ns: int | None,
+          suffix: str) -> LoadedImage:
+    if isinstance(source, bytes) and not source:
+        raise DecodeFailure(decode_reasons.EMPTY, "the file has 0 bytes")
+    if suffix in RAW_EXTENSIONS:
+        return _load_raw(source, target_size, max_pixels, mtime_ns, suffix)
+    fmt, compression = None, None
+    try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
-        with _open(fp) as img:
+        with open_image(fp) as img:
             fmt = stored_format(img.format or "?")
+            compression = img.info.get("compression") if fmt == "TIFF" else None
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageDecodeError(f"image too large: {width}x{height} is over searchlite's limit of "
-                                       f"{max_pixels:,} pixels (decompression bomb guard)")
+                raise DecodeFailure(decode_reasons.TOO_LARGE, f"{width}x{height} is over searchlite's limit of "
+                                    f"{max_pixels:,} pixels (decompression bomb guard)")
             exif = img.getexif()
             taken, offset, source_name, camera = exif_meta(exif)
-            if draft and target_size and fmt == "JPEG":
-                # a callable target (NaFlex keeps the aspect ratio) depends on the image's own size
-                wanted = target_size(width, height) if callable(target_size) else target_size
-                side = max(wanted)
-                img.draft("RGB", (side, side))
-            img.load()
             orientation = exif.get(_ORIENTATION, 1)
-            oriented = ImageOps.exif_transpose(img)
-            if orientation in (5, 6, 7, 8):
+            need = _need_side(target_size, width, height) if draft else 0
+            if need and fmt in ("JPEG", "HEIF"):
+                img.draft("RGB", (need, need))  # JPEG: DCT scaling; HEIF: an embedded thumbnail, if one fits
+            factor = 1
+            if need and fmt == "HEIF" and img.size == (width, height):
+                from searchlite.heifreduce import reduction_factor
+
+                factor = reduction_factor(width, height, need)
+            rgb = _pixels(img, source, width, height, factor)
+            if orientation in (5, 6, 7, 8) and fmt != "HEIF":
                 width, height = height, width
-            rgb = to_rgb(oriented)
-            rgb.load()
-    except ImageDecodeError:
+    except DecodeFailure:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"decompression bomb: {exc}") from exc
-    except FileNotFoundError as exc:
-        raise ImageDecodeError(f"file not found: {exc.filename}") from exc
-    except PermissionError as exc:
-        raise ImageDecodeError("permission denied") from exc
-    except Image.UnidentifiedImageError as exc:
-        if suffix in HEIF_EXTENSIONS and not _heif_available():
-            raise ImageDecodeError("HEIC/HEIF photos need pillow-heif: pip install pillow-heif") from exc
-        raise ImageDecodeError("not an image (unrecognised format)") from exc
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
-        raise ImageDecodeError(f"cannot decode: {exc}") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's check, at twice our limit (embedded frames too)
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(claimed.group(1)):,} pixels" if claimed else "the image"
+        raise DecodeFailure(decode_reasons.TOO_LARGE, f"{size} is over searchlite's limit of {max_pixels:,} "
+                            "pixels (decompression bomb guard)") from exc
+    except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a reason
+        if suffix in HEIF_EXTENSIONS and not heif_available():
+            raise DecodeFailure("needs pillow-heif", "HEIC/HEIF photos need pillow-heif: pip install pillow-heif"
+                                ) from exc
+        head = _head(source)
+        if isinstance(exc, Image.UnidentifiedImageError) and decode_reasons.signature_format(head) == "HEIF/AVIF":
+            exc = _libheif_error(source) or exc  # Pillow drops libheif's own words; ask it directly
+        raise decode_reasons.classify(exc, head, fmt, compression) from exc
     if taken is None and mtime_ns:
         taken, source_name = local_time_of(mtime_ns), "mtime"
     return LoadedImage(rgb, width, height, fmt, taken, camera, source_name, offset)
 
 
-def _heif_available() -> bool:
+def _libheif_error(source: str | Path | bytes) -> Exception | None:
+    """libheif's error for a HEIF/AVIF file Pillow could not identify (None if it opens)."""
     try:
-        import pillow_heif  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        import pillow_heif
+
+        pillow_heif.open_heif(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except Exception as exc:  # noqa: BLE001 - this is the answer
+        return exc
+    return None
+
+
+def _pixels(img: Image.Image, source: str | Path | bytes, width: int, height: int, factor: int) -> Image.Image:
+    """Decode under the pixel budget. ``factor`` > 1: a HEIF with no thumbnail large enough, reduced
+    tile by tile (heiftiles), else from one full decode (heifreduce); libheif applies the orientation."""
+    if factor > 1:
+        from searchlite.heiftiles import decode_tiled
+
+        with DECODE_BUDGET.hold(width * 1024):  # about two tile rows in flight
+            reduced = decode_tiled(source, factor)
+        if reduced is None:
+            from searchlite.heifreduce import decode_reduced
+
+            with DECODE_BUDGET.hold(width * height):  # libheif's full-size buffer
+                reduced = decode_reduced(source, factor)
+        return to_rgb(reduced)
+    with DECODE_BUDGET.hold(img.size[0] * img.size[1]):
+        img.load()
+        rgb = to_rgb(ImageOps.exif_transpose(img))
+        rgb.load()
+    return rgb
 
 
 def _load_raw(source: str | Path | bytes, target_size: tuple[int, int] | None, max_pixels: int,
               mtime_ns: int | None, suffix: str) -> LoadedImage:
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    except OSError as exc:
+        raise decode_reasons.classify(exc) from exc
+    if not data:
+        raise DecodeFailure(decode_reasons.EMPTY, "the file has 0 bytes")
     image, width, height, taken = decode_raw(data, target_size, max_pixels)
     offset, source_name, camera = None, "raw" if taken else None, None
-    try:  # TIFF-based RAWs (DNG, NEF, CR2, ARW, PEF...) carry EXIF Pillow can read
-        with _open(io.BytesIO(data)) as header:
+    try:  # TIFF-based RAWs (DNG, NEF, CR2, ARW, PEF...) carry EXIF Pillow can read (a header read)
+        with open_image(io.BytesIO(data)) as header:
             exif_taken, offset, exif_source, camera = exif_meta(header.getexif())
         if exif_taken is not None:
             taken, source_name = exif_taken, exif_source
-    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError):
+    except Exception:  # noqa: BLE001 - EXIF is optional; the pixels are already decoded
         pass
     if taken is None and mtime_ns:
         taken, source_name = local_time_of(mtime_ns), "mtime"

@@ -117,10 +117,14 @@ def decode(work: Work, preprocessors: Sequence[Callable], sizes: Sequence[InputS
     same hash needs only the models that lack a vector."""
     try:
         data = read_source(work.path)
+    except (FileNotFoundError, PermissionError) as exc:  # the decode vocabulary: missing, permission denied
+        from searchlite.decode_reasons import classify
+
+        return Done(work, error=str(classify(exc)))
     except OSError as exc:
         return Done(work, error=f"cannot read: {exc.strerror or exc}")
     if not data:
-        return Done(work, error="empty file (0 bytes)")
+        return Done(work, error="empty: the file has 0 bytes")
     sha = hashlib.sha256(data).hexdigest()
     same = work.old_sha == sha
     moved_from = vanished.get(sha) if work.state == "new" else None

@@ -122,6 +122,9 @@ class ImageRow(Base):
     status: Mapped[str] = mapped_column(String(8), default="pending")  # pending | ok | error
     error: Mapped[str | None] = mapped_column(SafeText)
     indexed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # round4-scan: the file's identity on disk (device, inode; see indexer/identity.py)
+    dev: Mapped[int | None] = mapped_column(Integer)
+    inode: Mapped[int | None] = mapped_column(Integer)
 
 
 class ModelRow(Base):

@@ -82,12 +82,17 @@ class Library:
         stored folder has moved."""
         emb = self._embedders.get(row.id)
         if emb is None:
-            gone = stored_spec_missing(row.spec)
-            if gone is not None:
-                raise ModelLoadError(f"the model this library was indexed with is no longer at {gone} (moved or "
-                                     f"deleted?); pass --model with its new location, e.g. --model hf:/new/path")
+            self._check_stored_model(row)
             emb = self._embedders[row.id] = self.embedder(row.spec)
         return emb
+
+    @staticmethod
+    def _check_stored_model(row: ModelRow) -> None:
+        """A one-line error when the stored folder of a model row has moved (no model loaded)."""
+        gone = stored_spec_missing(row.spec)
+        if gone is not None:
+            raise ModelLoadError(f"the model this library was indexed with is no longer at {gone} (moved or "
+                                 f"deleted?); pass --model with its new location, e.g. --model hf:/new/path")
 
     def find_model(self, spec: str) -> ModelRow | None:
         """The catalog row of a spec's model, matched by weights for local folders; a moved folder's
@@ -155,14 +160,19 @@ class Library:
         self.catalog.require_writable("index")
         if engine not in ("local", "ray"):
             raise QueryError(f"unknown engine {engine!r}; choose local or ray")
+        from searchlite.models.lazy import LazyEmbedder, is_loaded
+
         if models:
             specs = list(models)
         else:
             rows = self.catalog.models(indexed_only=True)
             for row in rows:
-                self.embedder_for(row)  # a clear error if a stored model folder has moved
+                self._check_stored_model(row)  # a clear error if a stored model folder has moved
             specs = [row.spec for row in rows] or [DEFAULT_MODEL]
-        loaded = [(spec, self.embedder(spec)) for spec in specs]
+        # a model the library knows loads only when something needs embedding (scan first); a new
+        # one loads now (its row needs its dimension and score parameters)
+        loaded = [(spec, LazyEmbedder(lambda spec=spec: self.embedder(spec), spec) if self.find_model(spec)
+                   else self.embedder(spec)) for spec in specs]
         pairs = [(self.register(spec, emb, indexed=True, index_type=index_type), emb) for spec, emb in loaded]
         common = dict(batch_size=self.batch_size, draft=draft, include_hidden=include_hidden, raw_pairs=raw_pairs,
                       excludes=exclude, default_excludes=default_excludes)  # None: the rules stored with each root
@@ -179,8 +189,9 @@ class Library:
         from searchlite.interchange import claim_roots
 
         claim_roots(self.catalog, list(paths))  # a folder imported from is the user's own once indexed
-        for row, emb in pairs:  # the model is loaded now: the cheapest moment for the one-time export
-            self.export_text(row, emb)
+        for row, emb in pairs:  # a loaded model: the cheapest moment for the one-time export
+            if is_loaded(emb):
+                self.export_text(row, emb.get() if isinstance(emb, LazyEmbedder) else emb)
         return stats
 
     def reindex(self, model: str | None = None, index_type: str = "auto") -> str:
@@ -338,6 +349,8 @@ class Library:
         (or a recorded failure) of the same model is kept unless ``force``."""
         from searchlite.models.export import export_text_tower
 
+        if force:
+            self.catalog.require_writable("models export --force")
         folder = self.export_folder(row)
         if not force:
             try:

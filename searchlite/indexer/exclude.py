@@ -103,6 +103,21 @@ class Excluder:
         return False
 
 
+def inside_library(path: str | Path, library: str | Path | None) -> bool:
+    """Whether ``path`` is the library's own folder or lies inside it (a library kept inside an
+    indexed or watched folder): the one rule the scan and the watcher both use. Compared as given
+    and with symlinks resolved, so a library reached through a link is recognised too."""
+    if library is None:
+        return False
+    lib, target = Path(library), Path(path)
+    if target.is_relative_to(lib):
+        return True
+    try:
+        return Path(os.path.realpath(target)).is_relative_to(os.path.realpath(lib))
+    except (OSError, ValueError):
+        return False
+
+
 def root_rules(stored_patterns: str | None, stored_defaults: bool | None, patterns: list[str] | None,
                defaults: bool | None) -> tuple[list[str], bool]:
     """The rules a run uses for a root: patterns and defaults given to this run replace the
@@ -129,4 +144,4 @@ def excluder_for(catalog: Any, root_id: int, root_path: str, patterns: list[str]
     return Excluder(os.fsdecode(root_path), use, use_defaults)
 
 
-__all__ = ["DEFAULT_EXCLUDES", "IGNORE_FILE", "Excluder", "excluder_for", "parse_stored", "root_rules"]
+__all__ = ["DEFAULT_EXCLUDES", "IGNORE_FILE", "Excluder", "excluder_for", "inside_library", "parse_stored", "root_rules"]

@@ -142,3 +142,42 @@ def test_files_skipped_for_their_extension_are_counted(tmp_path):
     summary = _index(tmp_path / "lib", str(photos))
     assert summary["skipped_by_extension"] == {".mov": 1, ".psd": 2, ".txt": 1, "": 1, ".qoi": 1}
     assert summary["skipped"] == 1  # videos, as before
+
+
+def test_reanchored_rules_mean_the_same_paths(tmp_path):
+    from searchlite.indexer.exclude import Excluder, reanchor
+
+    child = ["junk/", "*.tmp.jpg", "/top.jpg", "a/b.jpg", "!junk/keep/", "# comment", "[x]*.jpg"]
+    rules = reanchor(child, "y 2023[1]/")
+    assert rules[0] == "/y 2023\\[1]/**/junk/" and rules[2] == "/y 2023\\[1]/top.jpg"
+    parent = Excluder(tmp_path, rules, defaults=False)
+    below = Excluder(tmp_path / "y 2023[1]", child, defaults=False)
+    cases = [("junk", True), ("d/junk", True), ("x.tmp.jpg", False), ("d/e/x.tmp.jpg", False), ("top.jpg", False),
+             ("d/top.jpg", False), ("a/b.jpg", False), ("d/a/b.jpg", False), ("ok.jpg", False), ("xz.jpg", False),
+             ("d/x1.jpg", False)]
+    for rel, is_dir in cases:  # the child's own Excluder is the reference
+        assert parent.excluded(tmp_path / "y 2023[1]" / rel, is_dir) == below.excluded(
+            tmp_path / "y 2023[1]" / rel, is_dir), rel
+    assert not parent.excluded(tmp_path / "junk", True) and not parent.excluded(tmp_path / "top.jpg", False)
+
+
+def test_a_parent_folder_keeps_a_child_roots_excludes(tmp_path):
+    photos = tmp_path / "photos"
+    for rel in ("y2023/a.jpg", "y2023/junk/j.jpg", "y2023/deep/junk/k.jpg", "y2023/x.tmp.jpg", "junk/p.jpg",
+                "b.jpg", "x.tmp.jpg"):
+        _photo(photos / rel, (len(rel) * 7 % 255, 1, 1))
+    lib = tmp_path / "lib"
+    _index(lib, str(photos / "y2023"), "--exclude", "junk/", "--exclude", "*.tmp.jpg")
+    assert {Path(p).name for p, _ in _rows(lib)} == {"a.jpg"}
+    _index(lib, str(photos))  # adopts the y2023 root: its rules stay, anchored at y2023/
+    expected = {"y2023/a.jpg", "junk/p.jpg", "b.jpg", "x.tmp.jpg"}
+    assert {str(Path(p).relative_to(photos)) for p, _ in _rows(lib)} == expected
+    _index(lib, str(photos))  # and later runs keep them
+    assert {str(Path(p).relative_to(photos)) for p, _ in _rows(lib)} == expected
+    # rules given for a folder inside a root apply to that folder only
+    _photo(photos / "y2024" / "tmp" / "t.jpg", (3, 3, 3))
+    _photo(photos / "tmp" / "u.jpg", (4, 4, 4))
+    _index(lib, str(photos / "y2024"), "--exclude", "tmp/")
+    _index(lib, str(photos))
+    expected |= {"tmp/u.jpg"}
+    assert {str(Path(p).relative_to(photos)) for p, _ in _rows(lib)} == expected

@@ -118,6 +118,35 @@ def inside_library(path: str | Path, library: str | Path | None) -> bool:
         return False
 
 
+def _escape(text: str) -> str:
+    """A literal path for a gitignore pattern (its glob characters escaped)."""
+    for ch in "\\*?[":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def reanchor(patterns: list[str], prefix: str) -> list[str]:
+    """Patterns relative to a folder, rewritten relative to a root ``prefix`` above it ('y2023/'),
+    meaning the same paths: anchored ones ('/junk/', 'a/b') get the prefix; floating ones ('*.tmp',
+    'junk/') match at any depth below the folder ('/y2023/**/junk/'); '!' re-includes stay so."""
+    base = "/" + "/".join(_escape(part) for part in prefix.strip("/").split("/")) + "/"
+    out = []
+    for pattern in patterns:
+        text = pattern.strip()
+        if not text or text.startswith("#"):
+            continue
+        negate = text.startswith("!")
+        body = text[1:] if negate else text
+        dir_only = body.endswith("/")
+        core = body.rstrip("/")
+        if not core:
+            continue
+        anchored = "/" in core
+        new = base + (core.lstrip("/") if anchored else "**/" + core) + ("/" if dir_only else "")
+        out.append(("!" if negate else "") + new)
+    return out
+
+
 def root_rules(stored_patterns: str | None, stored_defaults: bool | None, patterns: list[str] | None,
                defaults: bool | None) -> tuple[list[str], bool]:
     """The rules a run uses for a root: patterns and defaults given to this run replace the
@@ -144,4 +173,4 @@ def excluder_for(catalog: Any, root_id: int, root_path: str, patterns: list[str]
     return Excluder(os.fsdecode(root_path), use, use_defaults)
 
 
-__all__ = ["DEFAULT_EXCLUDES", "IGNORE_FILE", "Excluder", "excluder_for", "inside_library", "parse_stored", "root_rules"]
+__all__ = ["DEFAULT_EXCLUDES", "IGNORE_FILE", "Excluder", "excluder_for", "inside_library", "parse_stored", "reanchor", "root_rules"]

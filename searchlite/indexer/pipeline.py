@@ -318,11 +318,13 @@ class Indexer:
         try:
             scanned = []
             for root in roots:
-                root_id, prefix = resolve_root(self.catalog, root)
+                carried: list[str] = []  # the rules of child roots this folder adopts, re-anchored
+                root_id, prefix = resolve_root(self.catalog, root, carried)
                 skipped = Skipped()
                 lister = walk_uri if "://" in root else walk
                 rules = {} if "://" in root else {"library": self.catalog.folder, "exclude": excluder_for(
-                    self.catalog, root_id, self.catalog.roots()[root_id], self.excludes, self.default_excludes)}
+                    self.catalog, root_id, self.catalog.roots()[root_id], self._patterns(root_id, prefix, carried),
+                    self.default_excludes)}
                 entries = lister(Path(root) if "://" not in root else root, self.include_hidden, self.raw_pairs,
                                  skipped, **rules)
                 while chunk := [e for _, e in zip(range(SCAN_CHUNK), entries)]:
@@ -350,6 +352,24 @@ class Indexer:
             row.finished_at = utcnow()
             row.stats = json.dumps(self.stats.as_dict())
         return self.stats
+
+    def _patterns(self, root_id: int, prefix: str, carried: list[str]) -> list[str] | None:
+        """The exclusion patterns this run gives a root (None: its stored ones). Patterns given for
+        a folder inside a root are re-anchored to the root and added to its stored ones; rules
+        carried over from adopted child roots are kept beside the patterns given."""
+        if self.excludes is None:
+            return None
+        given = [p for p in self.excludes if p.strip()]
+        if not prefix:
+            return given + [r for r in carried if r not in given] if given else []  # `--exclude ''` clears
+        if not given:
+            return None  # `--exclude ''` for a sub-folder: nothing to clear there
+        from searchlite.catalog import Root
+        from searchlite.indexer.exclude import parse_stored, reanchor
+
+        with self.catalog.Session() as s:
+            stored = parse_stored(s.get(Root, root_id).excludes)
+        return stored + [r for r in reanchor(given, prefix) if r not in stored]
 
     def _before_scan(self, writer: VectorWriter) -> None:
         """A hook for engines with work left over from an interrupted run (nothing locally)."""

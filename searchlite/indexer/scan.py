@@ -9,6 +9,7 @@ set operations.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from sqlalchemy.engine import Connection
 from searchlite.catalog import Catalog, FsPath, ImageRow, Root, chunked, join_path
 from searchlite.errors import LibraryError
 from searchlite.imaging import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from searchlite.indexer.exclude import Excluder, inside_library
+from searchlite.indexer.exclude import Excluder, inside_library, parse_stored, reanchor
 from searchlite.indexer.identity import identity_of, identity_of_path
 from searchlite.paths import as_bytes, to_db
 from searchlite.rawphoto import RAW_EXTENSIONS
@@ -412,11 +413,12 @@ def _prefixed(prefix: str, column):
     return case((func.typeof(column) == "blob", as_blob), else_=literal(prefix, String).op("||")(column))
 
 
-def resolve_root(catalog: Catalog, folder: str) -> tuple[int, str]:
+def resolve_root(catalog: Catalog, folder: str, carried: list[str] | None = None) -> tuple[int, str]:
     """The catalog root for a folder (or URI) and the relpath prefix of the folder inside it.
 
     A folder inside a known root is indexed as part of that root (no duplicate rows); a folder
-    that contains known roots adopts them, so their images keep their ids and vectors.
+    that contains known roots adopts them, so their images keep their ids and vectors, and their
+    ``--exclude`` rules, re-anchored to the folder (stored with it; also appended to ``carried``).
     """
     if "://" in folder:
         with catalog.WriteSession.begin() as s:
@@ -434,6 +436,13 @@ def resolve_root(catalog: Catalog, folder: str) -> tuple[int, str]:
         for child_id, path in roots.items():
             if path != folder and path.is_relative_to(folder):
                 prefix = path.relative_to(folder).as_posix() + "/"
+                rules = reanchor(parse_stored(s.get(Root, child_id).excludes), prefix)
+                if rules:
+                    parent = s.get(Root, root_id)
+                    stored = parse_stored(parent.excludes)
+                    parent.excludes = json.dumps(stored + [r for r in rules if r not in stored])
+                    if carried is not None:
+                        carried += rules
                 s.execute(update(ImageRow).where(ImageRow.root_id == child_id).values(
                     root_id=root_id, relpath=_prefixed(prefix, ImageRow.relpath),
                     companion=_prefixed(prefix, ImageRow.companion)))

@@ -181,3 +181,14 @@ def test_a_parent_folder_keeps_a_child_roots_excludes(tmp_path):
     _index(lib, str(photos))
     expected |= {"tmp/u.jpg"}
     assert {str(Path(p).relative_to(photos)) for p, _ in _rows(lib)} == expected
+
+
+def test_photos_kept_inside_the_library_folder_are_still_walked(tmp_path):
+    from searchlite.indexer.scan import walk
+
+    lib = tmp_path / "lib"
+    _photo(lib / "photos" / "a.jpg", (1, 1, 1))
+    _photo(tmp_path / "root" / "b.jpg", (2, 2, 2))
+    _photo(tmp_path / "root" / "lib2" / "c.jpg", (3, 3, 3))
+    assert [e.relpath for e in walk(lib / "photos", library=lib)] == ["a.jpg"]
+    assert [e.relpath for e in walk(tmp_path / "root", library=tmp_path / "root" / "lib2")] == ["b.jpg"]

@@ -106,7 +106,11 @@ def walk(root: Path, include_hidden: bool = False, raw_pairs: str = "prefer-jpeg
     are skipped (see :mod:`searchlite.indexer.exclude`); an excluded folder is never entered, nor
     is the ``library``'s own folder (its thumbnails are not photos; the watcher's rule).
     """
-    if (exclude is not None and exclude.inside_excluded(root)) or inside_library(root, library):
+    if library is not None and inside_library(root, library):
+        # photos kept inside the library folder: index them as before; only a library kept
+        # inside the indexed tree is left out
+        library = None
+    if exclude is not None and exclude.inside_excluded(root):
         return
     seen: set[tuple[int, int]] = set()
     stack = [root]
@@ -255,7 +259,7 @@ class ScanTable:
                    ImageRow.companion, ImageRow.dev, ImageRow.inode).where(
                 ImageRow.root_id == root_id, ImageRow.relpath.in_(part)))}
         entries = self._canonical(root_id, entries, existing)
-        scanned, fresh = [], []
+        scanned, fresh, identities = [], [], []
         for e in entries:
             row = existing.get(e.relpath)
             if e.error:
@@ -281,7 +285,10 @@ class ScanTable:
             if row is not None and not e.error and row.status != "pending" and row.companion != e.companion:
                 conn.execute(update(ImageRow).where(ImageRow.id == row.id).values(companion=e.companion))
             if row is not None and not e.error and (row.dev, row.inode) != (e.dev, e.inode):
-                conn.execute(update(ImageRow).where(ImageRow.id == row.id).values(dev=e.dev, inode=e.inode))
+                identities.append({"_id": row.id, "_dev": e.dev, "_inode": e.inode})
+        if identities:  # rows from before identities were stored (once), or a file replaced in place
+            conn.execute(update(ImageRow).where(ImageRow.id == bindparam("_id")).values(
+                dev=bindparam("_dev"), inode=bindparam("_inode")), identities)
         if fresh:
             for f in fresh:
                 f.setdefault("dev", None)

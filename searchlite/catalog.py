@@ -139,6 +139,9 @@ class ImageTextRow(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     field: Mapped[str] = mapped_column(String(16))
     text: Mapped[str] = mapped_column(SafeText)
+    # round4-scan: the file's identity on disk (device, inode; see indexer/identity.py)
+    dev: Mapped[int | None] = mapped_column(Integer)
+    inode: Mapped[int | None] = mapped_column(Integer)
 
 
 class ModelRow(Base):

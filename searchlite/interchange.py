@@ -83,6 +83,104 @@ def _files(source: Path) -> list[Path]:
     raise LibraryError(f"no such file or folder: {source}")
 
 
+#: optional columns that hold whole numbers, and those that hold text
+INTEGER_COLUMNS = ("size", "mtime_ns", "width", "height", "taken_offset")
+TEXT_COLUMNS = ("sha256", "taken_source", "format", "companion", "camera")
+
+
+def _whole(value: Any) -> int | None:
+    """An integer column value as int (an integral float or a decimal string too); None when it is
+    no whole number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):  # a column written from CSV: "640" is a whole number, "wide" is not
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _open(path: Path) -> Any:
+    """A ParquetFile, or a one-line error for a file that is not Parquet (or cannot be read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LibraryError(f"{path}: not a readable Parquet file ({detail})") from exc
+
+
+def _first_bad(path: Path, column: str, check: Callable[[Any], bool]) -> tuple[int, Any] | None:
+    """(row, value) of the first non-null value of a column that fails ``check`` (read column-wise)."""
+    import pyarrow.parquet as pq
+
+    row = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=[column]):
+        for value in batch.column(0).to_pylist():
+            if value is not None and not check(value):
+                return row, value
+            row += 1
+    return None
+
+
+def _check_types(path: Path, schema: Any) -> None:
+    """Optional columns of the wrong type: a one-line error naming the column and its first bad
+    row, before anything is written (a stored 'wide' width would break later commands)."""
+    import pyarrow as pa
+
+    for name in INTEGER_COLUMNS:
+        if name in schema.names and not pa.types.is_integer(schema.field(name).type) and \
+                not pa.types.is_null(schema.field(name).type):
+            bad = _first_bad(path, name, lambda v: _whole(v) is not None)
+            if bad is not None:
+                raise LibraryError(f"{path}: column '{name}' must hold integers; row {bad[0]} has {bad[1]!r}")
+    for name in TEXT_COLUMNS:
+        field = schema.field(name) if name in schema.names else None
+        if field is not None and not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+                                      or pa.types.is_null(field.type)):
+            bad = _first_bad(path, name, lambda v: isinstance(v, str)) or (0, None)
+            raise LibraryError(f"{path}: column '{name}' must be a string, not {field.type} "
+                               f"(row {bad[0]} has {bad[1]!r})")
+    if "sha256" in schema.names:
+        bad = _first_bad(path, "sha256", lambda v: _sha(v) is not None)
+        if bad is not None:
+            raise LibraryError(f"{path}: column 'sha256' must hold 64 hex digits; row {bad[0]} has {bad[1]!r}")
+
+
+def _sha(value: Any) -> str | None:
+    text = value.strip().lower() if isinstance(value, str) else ""
+    return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else None
+
+
+def _format(value: Any) -> str | None:
+    """A format value through the scan's alias table (jpg, MPO -> JPEG; tif -> TIFF); an unknown
+    name is kept upper-case."""
+    from searchlite.imaging import FORMATS
+
+    text = _text(value, 16)
+    if text is None:
+        return None
+    key = text.lower().lstrip(".")
+    for fmt, aliases in FORMATS.items():
+        if key == fmt.lower() or key in aliases:
+            return fmt
+    return text.upper()
+
+
+def resolve_import_root(root: str | None) -> str | None:
+    """``--root`` as an absolute folder or URI: a relative path is taken from the current folder."""
+    if not root or "://" in root:
+        return root
+    return os.path.abspath(os.path.expanduser(root))
+
+
 def _check_schema(path: Path, schema: Any) -> list[str]:
     """The columns to read; a one-line error when the required ones are missing or mistyped."""
     import pyarrow as pa
@@ -97,6 +195,7 @@ def _check_schema(path: Path, schema: Any) -> list[str]:
     if not (pa.types.is_list(vtype) or pa.types.is_large_list(vtype) or pa.types.is_fixed_size_list(vtype)) or \
             not (pa.types.is_float32(vtype.value_type) or pa.types.is_float16(vtype.value_type)):
         raise LibraryError(f"{path}: column 'vector' must be a list of float32 or float16, not {vtype}")
+    _check_types(path, schema)
     return ["path", "vector"] + [c for c in OPTIONAL if c in names]
 
 
@@ -192,11 +291,10 @@ def claim_roots(catalog: Catalog, folders: list[str | Path]) -> None:
 def import_parquet(catalog: Catalog, model: ModelRow, source: str | Path,
                    root: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
     """Import a Parquet file or folder of vectors for ``model`` (library lock held by the caller)."""
-    import pyarrow.parquet as pq
-
     start = time.perf_counter()
+    root = resolve_import_root(root)
     files = _files(Path(source).expanduser())
-    readers = [(f, pq.ParquetFile(f)) for f in files]
+    readers = [(f, _open(f)) for f in files]
     columns = {f: _check_schema(f, r.schema_arrow) for f, r in readers}  # all schemas checked before any write
     total = sum(r.metadata.num_rows for _, r in readers)
     writer = VectorWriter(catalog, [model])
@@ -268,15 +366,17 @@ def _upsert_images(s, roots: _Roots, keep: dict[str, int], data: dict) -> list[i
         roots.parents.clear()
     rows = []
     for path, (root_id, relpath), i in zip(keep, located, keep.values()):
-        fields = {key: data[key][i] for key in ("sha256", "size", "mtime_ns", "width", "height") if key in data}
+        fields: dict[str, Any] = {key: _whole(data[key][i]) for key in ("size", "mtime_ns", "width", "height")
+                                  if key in data}
+        if "sha256" in data:
+            fields["sha256"] = _sha(data["sha256"][i])
         taken, offset = _wall_clock(data["taken_at"][i]) if "taken_at" in data else (None, None)
-        if "taken_offset" in data and data["taken_offset"][i] is not None:
-            offset = data["taken_offset"][i]
+        if "taken_offset" in data and _whole(data["taken_offset"][i]) is not None:
+            offset = _whole(data["taken_offset"][i])
         if taken is not None:
             source = _text(data["taken_source"][i], 16) if "taken_source" in data else None
             fields.update(taken_at=taken, taken_offset=offset, taken_source=source or "import")
-        fmt = _text(data["format"][i], 16) if "format" in data else None
-        fields.update(format=fmt.upper() if fmt else None,
+        fields.update(format=_format(data["format"][i]) if "format" in data else None,
                       camera=_text(data["camera"][i], 200) if "camera" in data else None,
                       companion=_companion(path, relpath, data["companion"][i] if "companion" in data else None))
         rows.append((root_id, relpath, {k: v for k, v in fields.items() if v is not None}))

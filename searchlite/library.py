@@ -90,10 +90,7 @@ class Library:
         stored folder has moved."""
         emb = self._embedders.get(row.id)
         if emb is None:
-            gone = stored_spec_missing(row.spec)
-            if gone is not None:
-                raise ModelLoadError(f"the model this library was indexed with is no longer at {gone} (moved or "
-                                     f"deleted?); pass --model with its new location, e.g. --model hf:/new/path")
+            self._check_stored_model(row)
             onnx = self._library_onnx(row)
             if onnx is None:  # auto: the engine recorded for the model (e.g. a bundled export's)
                 runtime = "onnx" if self.runtime == "auto" and row.runtime == "onnx" else self.runtime
@@ -147,6 +144,14 @@ class Library:
             row = self.catalog.update_model(row.id, runtime=runtime)
         self._embedders[row.id] = emb
         return row, emb
+
+    @staticmethod
+    def _check_stored_model(row: ModelRow) -> None:
+        """A one-line error when the stored folder of a model row has moved (no model loaded)."""
+        gone = stored_spec_missing(row.spec)
+        if gone is not None:
+            raise ModelLoadError(f"the model this library was indexed with is no longer at {gone} (moved or "
+                                 f"deleted?); pass --model with its new location, e.g. --model hf:/new/path")
 
     def find_model(self, spec: str) -> ModelRow | None:
         """The catalog row of a spec's model, matched by weights for local folders; a moved folder's
@@ -214,14 +219,19 @@ class Library:
         self.catalog.require_writable("index")
         if engine not in ("local", "ray"):
             raise QueryError(f"unknown engine {engine!r}; choose local or ray")
+        from searchlite.models.lazy import LazyEmbedder, is_loaded
+
         if models:
             specs = list(models)
         else:
             rows = self.catalog.models(indexed_only=True)
             for row in rows:
-                self.embedder_for(row)  # a clear error if a stored model folder has moved
+                self._check_stored_model(row)  # a clear error if a stored model folder has moved
             specs = [row.spec for row in rows] or [DEFAULT_MODEL]
-        loaded = [(spec, self.embedder(spec)) for spec in specs]
+        # a model the library knows loads only when something needs embedding (scan first); a new
+        # one loads now (its row needs its dimension and score parameters)
+        loaded = [(spec, LazyEmbedder(lambda spec=spec: self.embedder(spec), spec) if self.find_model(spec)
+                   else self.embedder(spec)) for spec in specs]
         pairs = [(self.register(spec, emb, indexed=True, index_type=index_type), emb) for spec, emb in loaded]
         if engine != "ray":  # Ray's actors load the torch model themselves
             pairs = [self._engine(row, emb) for row, emb in pairs]
@@ -240,8 +250,9 @@ class Library:
         from searchlite.interchange import claim_roots
 
         claim_roots(self.catalog, list(paths))  # a folder imported from is the user's own once indexed
-        for row, emb in pairs:  # the model is loaded now: the cheapest moment for the one-time export
-            self.export_text(row, emb)
+        for row, emb in pairs:  # a loaded model: the cheapest moment for the one-time export
+            if is_loaded(emb):
+                self.export_text(row, emb.get() if isinstance(emb, LazyEmbedder) else emb)
         return stats
 
     def reindex(self, model: str | None = None, index_type: str = "auto") -> str:
@@ -392,6 +403,8 @@ class Library:
     def export_text(self, row: ModelRow, emb: Embedder | None = None, force: bool = False) -> dict:
         """Export (and validate) a model's text tower for the light query path; an existing export
         (or a recorded failure) of the same model is kept unless ``force``."""
+        if force:
+            self.catalog.require_writable("models export --force")
         folder = self.export_folder(row)
         if emb is None and row.runtime == "onnx":
             emb = self.embedder_for(row)

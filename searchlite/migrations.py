@@ -157,6 +157,14 @@ def _v2_to_v3(conn: Connection) -> None:
         conn.exec_driver_sql("DROP TABLE embeddings")
 
 
+#: round 4 (scan): the identity of a photo on disk, so one file reached through two paths is one image.
+_IMAGES_IDENTITY = """
+ALTER TABLE images ADD COLUMN dev INTEGER;
+ALTER TABLE images ADD COLUMN inode INTEGER;
+CREATE INDEX ix_images_identity ON images (inode, dev);
+"""
+images_identity = _script(_IMAGES_IDENTITY)
+
 #: STEPS[v] upgrades a version-v catalog to v + 1. A release that changes the schema appends a step.
 #: round 4 (onnx): the engine that embedded a model's vectors (torch | onnx; NULL: torch).
 _MODEL_RUNTIME = """
@@ -164,7 +172,7 @@ ALTER TABLE models ADD COLUMN runtime VARCHAR(16);
 """
 
 STEPS: list[Callable[[Connection], None]] = [_script(_V1), _script(_V2), _v2_to_v3, _script(_V4), _script(_V5_TEXT),
-                                             _script(_MODEL_RUNTIME)]
+                                             _script(_MODEL_RUNTIME), images_identity]
 
 
 def current_version(conn: Connection) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from searchlite.errors import LibraryError
+from searchlite.indexer.exclude import inside_library
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class Watcher:
                  debounce: float = DEBOUNCE, max_delay: float = MAX_DELAY, rescan_every: float | None = RESCAN_EVERY,
                  retry: float = RETRY, include_hidden: bool = False, index_options: dict | None = None,
                  on_run: Callable[[Run], None] | None = None) -> None:
+        # a read-only library could never take a batch: one clear error now, not a loop of failures
+        lib.catalog.require_writable("watch")
         self.library_path = Path(lib.path)
         self.roots = [str(Path(r).expanduser().resolve()) for r in roots]
         for root in self.roots:
@@ -98,7 +101,7 @@ class Watcher:
             path = os.fsdecode(path)
             if not path or not _interesting(path, event.is_directory):
                 continue
-            if Path(path).is_relative_to(self.library_path):
+            if inside_library(path, self.library_path):
                 continue  # the library's own files (a library kept inside a watched folder)
             root = next((r for r in self.roots if Path(path).is_relative_to(r)), None)
             if root is None or (not self.include_hidden and any(

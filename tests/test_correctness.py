@@ -238,6 +238,7 @@ def test_5_touch_counts_as_unchanged(library):
     stats = lib.index([photos[0].parent])
     assert stats.as_dict() | {"seconds": 0, "index": {}, "stages": {}} == {"added": 0, "updated": 0, "moved": 0, "removed": 0,
                                                              "failed": 0, "unchanged": 40, "skipped": 0,
+                                                             "skipped_by_extension": {}, "aliases": 0,
                                                              "seconds": 0, "index": {}, "stages": {}}
 
 

@@ -103,6 +103,50 @@ class Excluder:
         return False
 
 
+def inside_library(path: str | Path, library: str | Path | None) -> bool:
+    """Whether ``path`` is the library's own folder or lies inside it (a library kept inside an
+    indexed or watched folder): the one rule the scan and the watcher both use. Compared as given
+    and with symlinks resolved, so a library reached through a link is recognised too."""
+    if library is None:
+        return False
+    lib, target = Path(library), Path(path)
+    if target.is_relative_to(lib):
+        return True
+    try:
+        return Path(os.path.realpath(target)).is_relative_to(os.path.realpath(lib))
+    except (OSError, ValueError):
+        return False
+
+
+def _escape(text: str) -> str:
+    """A literal path for a gitignore pattern (its glob characters escaped)."""
+    for ch in "\\*?[":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def reanchor(patterns: list[str], prefix: str) -> list[str]:
+    """Patterns relative to a folder, rewritten relative to a root ``prefix`` above it ('y2023/'),
+    meaning the same paths: anchored ones ('/junk/', 'a/b') get the prefix; floating ones ('*.tmp',
+    'junk/') match at any depth below the folder ('/y2023/**/junk/'); '!' re-includes stay so."""
+    base = "/" + "/".join(_escape(part) for part in prefix.strip("/").split("/")) + "/"
+    out = []
+    for pattern in patterns:
+        text = pattern.strip()
+        if not text or text.startswith("#"):
+            continue
+        negate = text.startswith("!")
+        body = text[1:] if negate else text
+        dir_only = body.endswith("/")
+        core = body.rstrip("/")
+        if not core:
+            continue
+        anchored = "/" in core
+        new = base + (core.lstrip("/") if anchored else "**/" + core) + ("/" if dir_only else "")
+        out.append(("!" if negate else "") + new)
+    return out
+
+
 def root_rules(stored_patterns: str | None, stored_defaults: bool | None, patterns: list[str] | None,
                defaults: bool | None) -> tuple[list[str], bool]:
     """The rules a run uses for a root: patterns and defaults given to this run replace the
@@ -129,4 +173,4 @@ def excluder_for(catalog: Any, root_id: int, root_path: str, patterns: list[str]
     return Excluder(os.fsdecode(root_path), use, use_defaults)
 
 
-__all__ = ["DEFAULT_EXCLUDES", "IGNORE_FILE", "Excluder", "excluder_for", "parse_stored", "root_rules"]
+__all__ = ["DEFAULT_EXCLUDES", "IGNORE_FILE", "Excluder", "excluder_for", "inside_library", "parse_stored", "reanchor", "root_rules"]

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,8 @@ from searchlite.indexer.exclude import excluder_for
 from searchlite.indexer.scan import (
     RAW_PAIRS,
     SCAN_CHUNK,
-    FileEntry,
     ScanTable,
+    Skipped,
     normalise_root,
     resolve_root,
     walk,
@@ -63,7 +63,11 @@ class IndexStats:
     removed: int = 0
     failed: int = 0
     unchanged: int = 0
-    skipped: int = 0
+    skipped: int = 0  # videos
+    #: files left out for their extension (no decoder handles it): lower-case extension -> count, videos included
+    skipped_by_extension: dict[str, int] = field(default_factory=dict)
+    #: files found under a second path (a link, a hard link, a folder reached twice): one photo, not indexed again
+    aliases: int = 0
     seconds: float = 0.0
     index: dict[str, str] = field(default_factory=dict)
     stages: dict[str, float | int | str] = field(default_factory=dict)
@@ -155,6 +159,19 @@ def record_precision(s, model_ref: int, precision: str, count: int) -> None:
     s.execute(update(ModelRow).where(ModelRow.id == model_ref).values(precision=json.dumps(counts, sort_keys=True)))
 
 
+class _InputSizes(Sequence):
+    """The models' input sizes, each read when asked for (reading one loads a lazy model)."""
+
+    def __init__(self, embedders: Sequence[Embedder]) -> None:
+        self.embedders = embedders
+
+    def __len__(self) -> int:
+        return len(self.embedders)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return input_size_of(self.embedders[i])
+
+
 class Indexer:
     """Runs one incremental index pass of some roots with some models."""
 
@@ -205,8 +222,9 @@ class Indexer:
     def _decode(self, work: Work, vanished: dict[str, int] | None = None) -> Done:
         """Runs in a decode thread; whatever goes wrong is that file's error, never the run's."""
         try:
-            return decode(work, [e.preprocess for e in self.embedders], [input_size_of(e) for e in self.embedders],
-                          self._vanished if vanished is None else vanished, self.draft)
+            # resolved per model only when a file needs it: a lazy model loads for pixels, not for a hash
+            return decode(work, [lambda image, e=e: e.preprocess(image) for e in self.embedders],
+                          _InputSizes(self.embedders), self._vanished if vanished is None else vanished, self.draft)
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
             return Done(work, error=f"cannot read: {type(exc).__name__}: {exc}")
 
@@ -261,10 +279,11 @@ class Indexer:
             old = s.get(ImageRow, d.moved_from)
             self._vanished.pop(d.sha, None)
             if old is not None:
-                root_id, relpath = row.root_id, row.relpath
+                root_id, relpath, identity = row.root_id, row.relpath, (row.dev, row.inode)
                 s.delete(row)
                 s.flush()
                 old.root_id, old.relpath, old.size, old.mtime_ns = root_id, relpath, work.size, work.mtime_ns
+                old.dev, old.inode = identity
                 self.stats.moved += 1
                 return
         if work.state == "changed" and not d.same_content:
@@ -303,19 +322,25 @@ class Indexer:
         try:
             scanned = []
             for root in roots:
-                root_id, prefix = resolve_root(self.catalog, root)
-                skipped: dict[str, int] = {}
+                carried: list[str] = []  # the rules of child roots this folder adopts, re-anchored
+                root_id, prefix = resolve_root(self.catalog, root, carried)
+                skipped = Skipped()
                 lister = walk_uri if "://" in root else walk
-                rules = {} if "://" in root else {"exclude": excluder_for(
-                    self.catalog, root_id, self.catalog.roots()[root_id], self.excludes, self.default_excludes)}
+                rules = {} if "://" in root else {"library": self.catalog.folder, "exclude": excluder_for(
+                    self.catalog, root_id, self.catalog.roots()[root_id], self._patterns(root_id, prefix, carried),
+                    self.default_excludes)}
                 entries = lister(Path(root) if "://" not in root else root, self.include_hidden, self.raw_pairs,
                                  skipped, **rules)
                 while chunk := [e for _, e in zip(range(SCAN_CHUNK), entries)]:
-                    scan.add(root_id, [FileEntry(prefix + e.relpath, e.size, e.mtime_ns, e.error,
-                                                 prefix + e.companion if e.companion else None) for e in chunk])
+                    scan.add(root_id, [replace(e, relpath=prefix + e.relpath,
+                                               companion=prefix + e.companion if e.companion else None)
+                                       for e in chunk])
                 scanned.append((root_id, prefix))
-                self.stats.skipped += skipped.get("videos", 0)
+                self.stats.skipped += skipped.videos
+                for ext, n in skipped.by_extension.items():
+                    self.stats.skipped_by_extension[ext] = self.stats.skipped_by_extension.get(ext, 0) + n
             self.stats.unchanged = scan.unchanged
+            self.stats.aliases = scan.aliases
             self._vanished = scan.vanished(scanned)
             total = scan.count("new") + scan.count("changed")
             self._embed_all(scan, writer, total, progress)
@@ -331,6 +356,24 @@ class Indexer:
             row.finished_at = utcnow()
             row.stats = json.dumps(self.stats.as_dict())
         return self.stats
+
+    def _patterns(self, root_id: int, prefix: str, carried: list[str]) -> list[str] | None:
+        """The exclusion patterns this run gives a root (None: its stored ones). Patterns given for
+        a folder inside a root are re-anchored to the root and added to its stored ones; rules
+        carried over from adopted child roots are kept beside the patterns given."""
+        if self.excludes is None:
+            return None
+        given = [p for p in self.excludes if p.strip()]
+        if not prefix:
+            return given + [r for r in carried if r not in given] if given else []  # `--exclude ''` clears
+        if not given:
+            return None  # `--exclude ''` for a sub-folder: nothing to clear there
+        from searchlite.catalog import Root
+        from searchlite.indexer.exclude import parse_stored, reanchor
+
+        with self.catalog.Session() as s:
+            stored = parse_stored(s.get(Root, root_id).excludes)
+        return stored + [r for r in reanchor(given, prefix) if r not in stored]
 
     def _before_scan(self, writer: VectorWriter) -> None:
         """A hook for engines with work left over from an interrupted run (nothing locally)."""

@@ -9,22 +9,41 @@ set operations.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Integer, LargeBinary, String, and_, case, cast, func, insert, literal, select, text, update
+from sqlalchemy import (
+    Integer,
+    LargeBinary,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection
 
-from searchlite.catalog import Catalog, FsPath, ImageRow, Root, chunked
+from searchlite.catalog import Catalog, FsPath, ImageRow, Root, chunked, join_path
 from searchlite.errors import LibraryError
 from searchlite.imaging import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from searchlite.indexer.exclude import Excluder
+from searchlite.indexer.exclude import Excluder, inside_library, parse_stored, reanchor
+from searchlite.indexer.identity import identity_of, identity_of_path
 from searchlite.paths import as_bytes, to_db
 from searchlite.rawphoto import RAW_EXTENSIONS
 
 SCAN_CHUNK = 2000
+log = logging.getLogger(__name__)
+
 RAW_PAIRS = ("prefer-jpeg", "both")
 #: The developed half of a RAW+JPEG pair (an iPhone's ProRAW pairs with a HEIC).
 DEVELOPED = frozenset({".jpg", ".jpeg", ".heic", ".heif"})
@@ -40,6 +59,24 @@ class FileEntry:
     mtime_ns: int
     error: str | None = None
     companion: str | None = None
+    dev: int | None = None  # the file's identity (see indexer/identity.py); None where unknown (URIs)
+    inode: int | None = None
+    symlink: bool = False  # reached through a file symlink (a weaker claim to be the canonical path)
+
+
+@dataclass
+class Skipped:
+    """Files a scan leaves out because of their extension: ``by_extension`` (lower-case extension,
+    '' for none -> count; videos included) and ``videos``, their share of it. The one place these
+    counts are kept (the run summary reports them)."""
+
+    videos: int = 0
+    by_extension: dict[str, int] = field(default_factory=dict)
+
+    def add(self, ext: str) -> None:
+        self.by_extension[ext] = self.by_extension.get(ext, 0) + 1
+        if ext in VIDEO_EXTENSIONS:
+            self.videos += 1
 
 
 def pair_raws(names: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -58,15 +95,21 @@ def pair_raws(names: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def walk(root: Path, include_hidden: bool = False, raw_pairs: str = "prefer-jpeg",
-         skipped: dict[str, int] | None = None, exclude: Excluder | None = None) -> Iterator[FileEntry]:
+         skipped: Skipped | None = None, exclude: Excluder | None = None,
+         library: Path | None = None) -> Iterator[FileEntry]:
     """Yield image files under ``root`` (streaming, sorted per folder).
 
     Symlinked folders are followed, but a folder already visited (same device and inode) is
     never entered twice, so symlink loops terminate. Dangling links come back with an error.
     With ``raw_pairs="prefer-jpeg"`` a RAW+JPEG pair yields the JPEG with the RAW as companion.
-    Videos are counted in ``skipped["videos"]``. Files and folders ``exclude`` rules out are
-    skipped (see :mod:`searchlite.indexer.exclude`); an excluded folder is never entered.
+    Files of other extensions are counted in ``skipped``. Files and folders ``exclude`` rules out
+    are skipped (see :mod:`searchlite.indexer.exclude`); an excluded folder is never entered, nor
+    is the ``library``'s own folder (its thumbnails are not photos; the watcher's rule).
     """
+    if library is not None and inside_library(root, library):
+        # photos kept inside the library folder: index them as before; only a library kept
+        # inside the indexed tree is left out
+        library = None
     if exclude is not None and exclude.inside_excluded(root):
         return
     seen: set[tuple[int, int]] = set()
@@ -96,13 +139,14 @@ def walk(root: Path, include_hidden: bool = False, raw_pairs: str = "prefer-jpeg
             if exclude is not None and exclude.excluded(entry.path, is_dir):
                 continue
             if is_dir:
-                subdirs.append(Path(entry.path))
+                if not inside_library(entry.path, library):
+                    subdirs.append(Path(entry.path))
                 continue
             ext = os.path.splitext(entry.name)[1].lower()
             if ext in IMAGE_EXTENSIONS:
                 files.append(entry)
-            elif ext in VIDEO_EXTENSIONS and skipped is not None:
-                skipped["videos"] = skipped.get("videos", 0) + 1
+            elif skipped is not None:
+                skipped.add(ext)
         names, companions = pair_raws([e.name for e in files]) if raw_pairs == "prefer-jpeg" else (
             [e.name for e in files], {})
         keep = set(names)
@@ -123,7 +167,9 @@ def walk(root: Path, include_hidden: bool = False, raw_pairs: str = "prefer-jpeg
             except Exception as exc:  # noqa: BLE001 - one odd entry is that file's error, never the run's
                 yield FileEntry(rel, -1, 0, f"cannot scan: {type(exc).__name__}: {exc}")
                 continue
-            yield FileEntry(rel, stat.st_size, stat.st_mtime_ns, companion=companion)
+            dev, inode = identity_of(stat)
+            yield FileEntry(rel, stat.st_size, stat.st_mtime_ns, companion=companion, dev=dev, inode=inode,
+                            symlink=entry.is_symlink())
         stack.extend(reversed(subdirs))
 
 
@@ -149,25 +195,71 @@ class ScanTable:
         self.catalog = catalog
         self.conn: Connection = catalog.engine.execution_options(write=True).connect()
         self.conn.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS scan (root_id INTEGER, relpath TEXT, "
-                                  "size INTEGER, mtime_ns INTEGER, image_id INTEGER, state TEXT, "
-                                  "PRIMARY KEY (root_id, relpath)) WITHOUT ROWID")
+                                  "size INTEGER, mtime_ns INTEGER, image_id INTEGER, state TEXT, dev INTEGER, "
+                                  "inode INTEGER, PRIMARY KEY (root_id, relpath)) WITHOUT ROWID")
+        self.conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS temp.ix_scan_inode ON scan (inode)")
         self.conn.exec_driver_sql("DELETE FROM temp.scan")
         self.conn.commit()
         self.unchanged = 0
+        #: files found under a second path this run (one photo: not indexed again, see _canonical)
+        self.aliases = 0
 
     def close(self) -> None:
         self.conn.exec_driver_sql("DROP TABLE IF EXISTS temp.scan")
         self.conn.commit()
         self.conn.close()
 
+    def _canonical(self, root_id: int, entries: list[FileEntry], existing: dict) -> list[FileEntry]:
+        """The entries that are photos of their own: a file whose (dev, inode) was already found this
+        run under another path, or that an older catalog image still reaches under another path
+        (checked by stat), is an alias of it, counted and left out (its own old row, if any, is
+        swept). Within a chunk a plain file wins over a file symlink to it."""
+        keyed = {e.inode for e in entries if e.inode is not None and not e.error}
+        if not keyed:
+            return entries
+        conn = self.conn
+        in_run: dict[tuple[int, int], tuple[int, object]] = {}
+        found = text("SELECT dev, inode, root_id, relpath FROM temp.scan WHERE inode IN :ids").bindparams(
+            bindparam("ids", expanding=True))
+        known: dict[tuple[int, int], list] = {}
+        for part in chunked(keyed):
+            for dev, inode, rid, rel in conn.execute(found, {"ids": list(part)}):
+                in_run.setdefault((dev, inode), (rid, rel))
+            for r in conn.execute(select(ImageRow.id, ImageRow.root_id, ImageRow.relpath, ImageRow.dev,
+                                         ImageRow.inode).where(ImageRow.inode.in_(part))):
+                known.setdefault((r.dev, r.inode), []).append(r)
+        roots = self.catalog.roots() if known else {}
+        local: set[tuple[int, int]] = set()
+        keep: list[FileEntry] = []
+        for e in sorted(entries, key=lambda e: e.symlink):
+            key = (e.dev, e.inode)
+            if e.inode is None or e.error:
+                keep.append(e)
+                continue
+            me = (root_id, to_db(e.relpath))
+            own = existing.get(e.relpath)
+            older = [r for r in known.get(key, ()) if (r.root_id, to_db(r.relpath)) != me
+                     and (own is None or r.id < own.id) and r.root_id in roots and "://" not in roots[r.root_id]]
+            if key in local or in_run.get(key, me) != me or any(
+                    identity_of_path(join_path(roots[r.root_id], r.relpath)) == key for r in older):
+                self.aliases += 1
+                log.debug("alias: %s is a photo already found under another path", e.relpath)
+                continue
+            local.add(key)
+            keep.append(e)
+        return keep
+
     def add(self, root_id: int, entries: list[FileEntry]) -> None:
-        """Classify a chunk of files against the catalog; writes rows only for new and unreadable files."""
+        """Classify a chunk of files against the catalog; writes rows only for new and unreadable files
+        (and the identity of a file that lacks it or changed it)."""
         conn = self.conn
         rel = [e.relpath for e in entries]
         existing = {r.relpath: r for part in chunked(rel) for r in conn.execute(  # SCAN_CHUNK > 999 parameters
             select(ImageRow.id, ImageRow.relpath, ImageRow.size, ImageRow.mtime_ns, ImageRow.status, ImageRow.error,
-                   ImageRow.companion).where(ImageRow.root_id == root_id, ImageRow.relpath.in_(part)))}
-        scanned, fresh = [], []
+                   ImageRow.companion, ImageRow.dev, ImageRow.inode).where(
+                ImageRow.root_id == root_id, ImageRow.relpath.in_(part)))}
+        entries = self._canonical(root_id, entries, existing)
+        scanned, fresh, identities = [], [], []
         for e in entries:
             row = existing.get(e.relpath)
             if e.error:
@@ -179,7 +271,7 @@ class ScanTable:
                 scanned.append((e, row.id if row else None, "error"))
             elif row is None:
                 fresh.append(dict(root_id=root_id, relpath=e.relpath, size=e.size, mtime_ns=e.mtime_ns,
-                                  status="pending", error=None, companion=e.companion))
+                                  status="pending", error=None, companion=e.companion, dev=e.dev, inode=e.inode))
                 scanned.append((e, None, "new"))
             elif row.status == "pending":
                 scanned.append((e, row.id, "new"))
@@ -192,16 +284,28 @@ class ScanTable:
                 scanned.append((e, row.id, "changed"))
             if row is not None and not e.error and row.status != "pending" and row.companion != e.companion:
                 conn.execute(update(ImageRow).where(ImageRow.id == row.id).values(companion=e.companion))
+            if row is not None and not e.error and (row.dev, row.inode) != (e.dev, e.inode):
+                identities.append({"_id": row.id, "_dev": e.dev, "_inode": e.inode})
+        if identities:  # rows from before identities were stored (once), or a file replaced in place
+            conn.execute(update(ImageRow).where(ImageRow.id == bindparam("_id")).values(
+                dev=bindparam("_dev"), inode=bindparam("_inode")), identities)
         if fresh:
+            for f in fresh:
+                f.setdefault("dev", None)
+                f.setdefault("inode", None)
             conn.execute(insert(ImageRow), fresh)
             ids = {rel: i for part in chunked(f["relpath"] for f in fresh) for rel, i in conn.execute(
                 select(ImageRow.relpath, ImageRow.id).where(ImageRow.root_id == root_id, ImageRow.relpath.in_(part)))}
             scanned = [(e, image_id if image_id is not None else ids.get(e.relpath), state)
                        for e, image_id, state in scanned]
+        if not scanned:
+            conn.commit()
+            return
         conn.execute(text("INSERT OR REPLACE INTO temp.scan VALUES (:root_id, :relpath, :size, :mtime_ns, "
-                          ":image_id, :state)"),
+                          ":image_id, :state, :dev, :inode)"),
                      [dict(root_id=root_id, relpath=to_db(e.relpath), size=e.size, mtime_ns=e.mtime_ns,
-                           image_id=image_id, state=state) for e, image_id, state in scanned])
+                           image_id=image_id, state=state, dev=e.dev, inode=e.inode)
+                      for e, image_id, state in scanned])
         conn.commit()
 
     @staticmethod
@@ -278,7 +382,7 @@ def normalise_root(value: str | Path) -> str:
 
 
 def walk_uri(uri: str, include_hidden: bool = False, raw_pairs: str = "prefer-jpeg",
-             skipped: dict[str, int] | None = None) -> Iterator[FileEntry]:
+             skipped: Skipped | None = None) -> Iterator[FileEntry]:
     """Image files under a URI (s3://, gs://, hdfs://... through pyarrow.fs), by folder, sorted."""
     from pyarrow import fs
 
@@ -292,10 +396,10 @@ def walk_uri(uri: str, include_hidden: bool = False, raw_pairs: str = "prefer-jp
         if not include_hidden and any(part.startswith(".") for part in rel.split("/")):
             continue
         ext = os.path.splitext(rel)[1].lower()
-        if ext in VIDEO_EXTENSIONS and skipped is not None:
-            skipped["videos"] = skipped.get("videos", 0) + 1
-        elif ext in IMAGE_EXTENSIONS:
+        if ext in IMAGE_EXTENSIONS:
             folders.setdefault(rel.rpartition("/")[0], []).append((rel.rpartition("/")[2], info))
+        elif skipped is not None:
+            skipped.add(ext)
     for folder in sorted(folders):
         files = dict(sorted(folders[folder]))
         names, companions = pair_raws(list(files)) if raw_pairs == "prefer-jpeg" else (list(files), {})
@@ -316,11 +420,12 @@ def _prefixed(prefix: str, column):
     return case((func.typeof(column) == "blob", as_blob), else_=literal(prefix, String).op("||")(column))
 
 
-def resolve_root(catalog: Catalog, folder: str) -> tuple[int, str]:
+def resolve_root(catalog: Catalog, folder: str, carried: list[str] | None = None) -> tuple[int, str]:
     """The catalog root for a folder (or URI) and the relpath prefix of the folder inside it.
 
     A folder inside a known root is indexed as part of that root (no duplicate rows); a folder
-    that contains known roots adopts them, so their images keep their ids and vectors.
+    that contains known roots adopts them, so their images keep their ids and vectors, and their
+    ``--exclude`` rules, re-anchored to the folder (stored with it; also appended to ``carried``).
     """
     if "://" in folder:
         with catalog.WriteSession.begin() as s:
@@ -338,6 +443,13 @@ def resolve_root(catalog: Catalog, folder: str) -> tuple[int, str]:
         for child_id, path in roots.items():
             if path != folder and path.is_relative_to(folder):
                 prefix = path.relative_to(folder).as_posix() + "/"
+                rules = reanchor(parse_stored(s.get(Root, child_id).excludes), prefix)
+                if rules:
+                    parent = s.get(Root, root_id)
+                    stored = parse_stored(parent.excludes)
+                    parent.excludes = json.dumps(stored + [r for r in rules if r not in stored])
+                    if carried is not None:
+                        carried += rules
                 s.execute(update(ImageRow).where(ImageRow.root_id == child_id).values(
                     root_id=root_id, relpath=_prefixed(prefix, ImageRow.relpath),
                     companion=_prefixed(prefix, ImageRow.companion)))

@@ -2,12 +2,10 @@
 
 1. **Exact duplicates**: images whose bytes hash alike (``images.sha256``, stored by the indexer)
    form one unit; identical bytes give identical vectors, so a unit behaves as one photo below.
-2. **Candidate pairs** come from the library's own index (:class:`searchlite.store.ModelIndex`): a
-   FAISS *range* search of every stored vector, in chunks of :data:`QUERY_CHUNK`, over each index
-   segment (radius lowered by :data:`MARGIN` because compressed codes score approximately), and an
-   exact block-wise range search of the tail the segments do not cover. Every candidate is then
-   verified with the exact stored vectors. Memory is bounded by the chunk and the pairs found:
-   no n x n matrix is ever made.
+2. **Candidate pairs** come from the one search layer (:func:`searchlite.store.pairs.similar_pairs`:
+   a range search where the index has a safe one, a k-NN with a radius cut on HNSW and IVF-PQ,
+   the exact tail scored block-wise), every candidate verified with the exact stored vectors.
+   This module is a client of that layer, never of the ANN library itself.
 3. **Groups without chaining** (complete linkage): a photo joins a group only when it is within
    the threshold of *every* member already in it, so A~B and B~C never pull in a C far from A.
    We chose "every other member" over "the keeper" because it does not depend on which member
@@ -29,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -43,21 +41,12 @@ from searchlite.errors import LibraryError, QueryError
 from searchlite.imaging import format_taken
 from searchlite.query import Filters, allowed_rows
 from searchlite.store import ModelIndex
+from searchlite.store.pairs import QUERY_CHUNK, similar_pairs
 
 log = logging.getLogger(__name__)
 
 #: The threshold for models the zoo does not know (cosine of two image embeddings).
 DEFAULT_THRESHOLD = 0.95
-#: Query vectors per range search (memory: QUERY_CHUNK x the tail block of scores).
-QUERY_CHUNK = 4096
-#: Rows of the exact tail scored per block against a query chunk (4096 x 16384 floats = 256 MB).
-TAIL_BLOCK = 16384
-#: Inverted lists probed per query in IVF segments. A near copy lies in its original's cell or a
-#: neighbouring one: planted pairs at 100k (IVF1264,SQ8), recall 0.98 at nprobe 1, 1.000 at 2, 4
-#: and 16 (0.15, 0.25, 0.61 ms a query); ordinary search probes 16 for ranking far neighbours too.
-NPROBE = 4
-#: Compressed segments (SQ8, PQ) score approximately: search a little below the threshold, then verify.
-MARGIN = 0.02
 RAW_SUFFIXES = frozenset({".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf",
                           ".rw2", ".rwl", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".dcr", ".mrw",
                           ".mos", ".raw"})
@@ -154,98 +143,6 @@ def _query_rows(catalog: Catalog, model: ModelRow, filters: Filters | None) -> n
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def _chunks(index: ModelIndex, rows: np.ndarray, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(rows, vectors) of sorted ``rows`` in pieces of at most ``chunk``, read with plain reads
-    (not the memory map, so the process does not keep the whole store's pages)."""
-    if not len(rows):
-        return
-    lo = int(rows[0])
-    hi = int(rows[-1]) + 1
-    span = max(chunk, 1)
-    for start, block in index.store.read_chunks(lo, hi, span):
-        at = rows[(rows >= start) & (rows < start + len(block))]
-        if len(at):
-            yield at, np.ascontiguousarray(block[at - start])
-
-
-def _selector(index: ModelIndex, seg: Any, allowed: np.ndarray | None, dead: np.ndarray) -> tuple[Any, Any]:
-    from searchlite.vectors import bitmap_selector, excluding_selector
-
-    if allowed is not None:
-        inside = allowed[(allowed >= seg.row_lo) & (allowed < seg.row_hi)]
-        return bitmap_selector(inside, seg.row_hi) if len(inside) else (False, None)
-    inside = dead[(dead >= seg.row_lo) & (dead < seg.row_hi)]
-    return excluding_selector(inside) if len(inside) else (None, None)
-
-
-def _range_segment(vi: Any, queries: np.ndarray, radius: float, selector: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(query position, row) pairs a segment scores at least ``radius``."""
-    import faiss
-
-    if vi.kind == "hnsw":
-        params = faiss.SearchParametersHNSW(efSearch=128, sel=selector)
-    elif vi.kind in ("ivf", "ivfpq"):
-        ivf = faiss.try_extract_index_ivf(vi.index)
-        params = faiss.SearchParametersIVF(nprobe=min(ivf.nlist, NPROBE), sel=selector)
-    else:
-        params = faiss.SearchParameters(sel=selector)
-    lims, _, ids = vi.index.range_search(queries, float(radius), params=params)
-    pos = np.repeat(np.arange(len(queries), dtype=np.int64), np.diff(lims).astype(np.int64))
-    return pos, ids.astype(np.int64)
-
-
-def candidate_pairs(index: ModelIndex, rows: np.ndarray, threshold: float, chunk: int = QUERY_CHUNK,
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair (a < b) of ``rows`` (sorted live store rows) whose exact cosine is at least
-    ``threshold``, as (a, b, similarity) arrays: range searches of the index, verified exactly."""
-    dead = index.snap.tombstones if index.snap is not None else np.zeros(0, np.int64)
-    everything = len(rows) == index.live
-    allowed = None if everything else rows
-    selectors = {seg.name: _selector(index, seg, allowed, dead) for seg, _ in index.segments}
-    covered, committed = index.covered, index.store.committed
-    tail = rows[rows >= covered]
-    found_a, found_b, found_s = [], [], []
-    for q_rows, q in _chunks(index, rows, chunk):
-        cand_pos, cand_rows = [], []
-        for seg, vi in index.segments:
-            selector, _keep = selectors[seg.name]
-            if selector is False:
-                continue
-            pos, hit = _range_segment(vi, q, threshold - (MARGIN if ",SQ" in vi.factory or ",PQ" in vi.factory
-                                                           else 1e-6), selector)
-            cand_pos.append(pos)
-            cand_rows.append(hit)
-        for lo in range(0, len(tail), TAIL_BLOCK):  # the exact tail (the whole store below 100k)
-            block_rows = tail[lo:lo + TAIL_BLOCK]
-            scores = q @ index.store.get(block_rows).T
-            qi, bi = np.nonzero(scores >= threshold - 1e-6)
-            cand_pos.append(qi.astype(np.int64))
-            cand_rows.append(block_rows[bi])
-        if not cand_pos:
-            continue
-        pos, hit = np.concatenate(cand_pos), np.concatenate(cand_rows)
-        a = q_rows[pos]
-        keep = (hit != a) & (hit >= 0) & (hit < committed)
-        pos, a, hit = pos[keep], a[keep], hit[keep]
-        if not len(hit):
-            continue
-        sims = np.empty(len(hit), np.float32)
-        order = np.argsort(hit, kind="stable")
-        for start in range(0, len(order), 65536):  # verify with the exact stored vectors
-            at = order[start:start + 65536]
-            sims[at] = np.einsum("ij,ij->i", q[pos[at]], index.store.get(hit[at]))
-        ok = sims >= threshold
-        found_a.append(np.minimum(a[ok], hit[ok]))
-        found_b.append(np.maximum(a[ok], hit[ok]))
-        found_s.append(sims[ok])
-    if not found_a:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    a, b, s = np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_s)
-    key = a * (int(committed) + 1) + b
-    _, first = np.unique(key, return_index=True)
-    return a[first], b[first], s[first]
-
-
 # -- grouping --------------------------------------------------------------------------------------------
 def _members(catalog: Catalog, image_ids: Sequence[int]) -> dict[int, Member]:
     ids = sorted({int(i) for i in image_ids})
@@ -324,7 +221,7 @@ def find_duplicates(catalog: Catalog, model: ModelRow, index: ModelIndex, thresh
     if not -1.0 <= threshold <= 1.0:
         raise QueryError(f"--threshold must be a cosine between -1 and 1, got {threshold}")
     rows = _query_rows(catalog, model, filters)
-    a, b, sims = candidate_pairs(index, rows, threshold, chunk)
+    a, b, sims = similar_pairs(index, rows, threshold, chunk)
     row_image = _images_of_rows(catalog, model.id, np.union1d(a, b)) if len(a) else {}
     classes = _exact_classes(catalog, filters)
     unit_of: dict[int, int] = {}
@@ -430,5 +327,5 @@ def move_duplicates(catalog: Catalog, groups: Sequence[Group], target: Path) -> 
     return report
 
 
-__all__ = ["DEFAULT_THRESHOLD", "Group", "Member", "MoveReport", "candidate_pairs", "choose_keeper",
+__all__ = ["DEFAULT_THRESHOLD", "Group", "Member", "MoveReport", "choose_keeper",
            "default_threshold", "find_duplicates", "group_pairs", "move_duplicates"]

@@ -115,6 +115,7 @@ def excluding_selector(rows: np.ndarray) -> tuple[Any, Any]:
 class SearchParams:
     ef_search: int = 128
     nprobe: int | None = None
+    widen: float = 1.0  # efSearch and nprobe grow by this factor (deeper windows of a ranking)
 
 
 class VectorIndex:
@@ -200,13 +201,13 @@ class VectorIndex:
 
         params = params or SearchParams()
         k = max(1, min(k, self.ntotal or 1))
-        boost = 1.0 / max(selectivity, 1e-6)
+        boost = max(params.widen, 1.0) / max(selectivity, 1e-6)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         try:
             if self.kind == "hnsw":
                 ef = int(min(max(params.ef_search, k) * boost, 16384))
                 p = faiss.SearchParametersHNSW(efSearch=max(ef, k), sel=selector) if selector is not None \
-                    else faiss.SearchParametersHNSW(efSearch=max(params.ef_search, k))
+                    else faiss.SearchParametersHNSW(efSearch=max(int(min(params.ef_search * params.widen, 16384)), k))
                 return self.index.search(queries, k, params=p)
             ivf = faiss.try_extract_index_ivf(self.index)
             if ivf is not None:

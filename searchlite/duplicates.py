@@ -250,7 +250,9 @@ def find_duplicates(catalog: Catalog, model: ModelRow, index: ModelIndex, thresh
     edges = {u: {v: s for v, s in nb.items() if v in vectors} for u, nb in edges.items() if u in vectors}
     out = []
     for group in group_pairs(units, edges, vectors, members, threshold):
-        people = [members[i] for u in group for i in units[u]]
+        people = distinct_files([members[i] for u in group for i in units[u]])
+        if len(people) < 2:
+            continue  # one file reached by two paths (a link): an image is never its own duplicate
         keeper = choose_keeper(people)
         kv = vectors.get(unit_of[keeper.image_id])
         for m in people:
@@ -261,6 +263,39 @@ def find_duplicates(catalog: Catalog, model: ModelRow, index: ModelIndex, thresh
         out.append(Group(keeper.path, [keeper, *rest]))
     out.sort(key=lambda g: (-len(g.members), g.keep))
     return out
+
+
+# -- one physical file, several paths -------------------------------------------------------------------
+def file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a local file, following links; None when remote or unreadable."""
+    if "://" in path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def distinct_files(members: Sequence[Member]) -> list[Member]:
+    """Members less the extra paths of one physical file (a file link, or a folder link inside a
+    root): per (device, inode), the path without a link in it is kept, else the shortest."""
+    best: dict[tuple[int, int], Member] = {}
+    out: list[Member] = []
+    for m in members:
+        ident = file_identity(m.path)
+        if ident is None:
+            out.append(m)
+            continue
+        seen = best.get(ident)
+        if seen is None or _path_rank(m.path) < _path_rank(seen.path):
+            best[ident] = m
+    chosen = {id(m) for m in best.values()}
+    return out + [m for m in members if id(m) in chosen]
+
+
+def _path_rank(path: str) -> tuple[bool, int, str]:
+    return os.path.realpath(path) != os.path.abspath(path), len(path), path
 
 
 # -- moving non-keepers ---------------------------------------------------------------------------------
@@ -291,9 +326,16 @@ def move_duplicates(catalog: Catalog, groups: Sequence[Group], target: Path) -> 
     report = MoveReport()
     dest_root, prefix = resolve_root(catalog, str(target))
     for group in groups:
+        keeper = group.members[0]
+        kept = {i for i in (file_identity(keeper.path),
+                            file_identity(join_path(roots[keeper.root_id], keeper.companion))
+                            if keeper.companion and keeper.root_id in roots else None) if i is not None}
         for m in group.members[1:]:
             if "://" in m.path:
                 report.skipped.append((m.path, "not a local file"))
+                continue
+            if file_identity(m.path) in kept:
+                report.skipped.append((m.path, f"it is the same file as the kept {group.keep} (a link); not moved"))
                 continue
             relpath = prefix + m.relpath
             dst = target / m.relpath

@@ -122,6 +122,8 @@ class ImageRow(Base):
     status: Mapped[str] = mapped_column(String(8), default="pending")  # pending | ok | error
     error: Mapped[str | None] = mapped_column(SafeText)
     indexed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # round4-search: 64-bit perceptual hash, 16 hex digits (searchlite.phash)
+    phash: Mapped[str | None] = mapped_column(String(16))
 
 
 class ModelRow(Base):

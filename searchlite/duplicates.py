@@ -78,10 +78,12 @@ class Member:
     companion: str | None = None
     sha256: str | None = None
     taken: datetime | None = None
+    phash: str | None = None
+    channel: str | None = None  # how it is linked to the keeper: "phash" | "embedding" | "both" (keeper: None)
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "similarity": round(self.similarity, 6), "width": self.width,
-                "height": self.height, "size": self.size, "taken_at": self.taken_at}
+                "height": self.height, "size": self.size, "taken_at": self.taken_at, "channel": self.channel}
 
     @property
     def pixels(self) -> int:
@@ -148,14 +150,15 @@ def _members(catalog: Catalog, image_ids: Sequence[int]) -> dict[int, Member]:
     ids = sorted({int(i) for i in image_ids})
     out: dict[int, Member] = {}
     cols = [ImageRow.id, ImageRow.root_id, ImageRow.relpath, ImageRow.width, ImageRow.height, ImageRow.size,
-            ImageRow.taken_at, ImageRow.taken_offset, ImageRow.companion, ImageRow.sha256, Root.path.label("root")]
+            ImageRow.taken_at, ImageRow.taken_offset, ImageRow.companion, ImageRow.sha256, ImageRow.phash,
+            Root.path.label("root")]
     with catalog.Session() as s:
         for start in range(0, len(ids), 900):
             for r in s.execute(select(*cols).join(Root, Root.id == ImageRow.root_id)
                                .where(ImageRow.id.in_(ids[start:start + 900]))):
                 out[r.id] = Member(r.id, join_path(r.root, r.relpath), 1.0, r.width, r.height, r.size,
                                    format_taken(r.taken_at, r.taken_offset), r.root_id, r.relpath, r.companion,
-                                   r.sha256, r.taken_at)
+                                   r.sha256, r.taken_at, r.phash)
     return out
 
 
@@ -187,10 +190,12 @@ def _exact_classes(catalog: Catalog, filters: Filters | None) -> list[list[int]]
 
 
 def group_pairs(units: dict[int, list[int]], edges: dict[int, dict[int, float]], vectors: dict[int, np.ndarray],
-                members: dict[int, Member], threshold: float) -> list[list[int]]:
+                members: dict[int, Member], threshold: float,
+                linked: Callable[[int, int], bool] | None = None) -> list[list[int]]:
     """Complete-linkage groups of units (unit id -> its image ids): seeds best-keeper first; a
-    neighbour of the seed joins when its exact cosine to every unit already in the group is at
-    least ``threshold``. Returns groups of unit ids (each of more than one image)."""
+    neighbour of the seed joins when it is linked to every unit already in the group: its exact
+    cosine is at least ``threshold``, or ``linked(a, b)`` says so (another channel, e.g. the
+    perceptual hash). Returns groups of unit ids (each of more than one image)."""
 
     def rank(unit: int) -> tuple:
         m = members[unit]
@@ -207,7 +212,7 @@ def group_pairs(units: dict[int, list[int]], edges: dict[int, dict[int, float]],
             if cand in assigned:
                 continue
             v = vectors[cand]
-            if all(float(vectors[g] @ v) >= threshold for g in group):
+            if all(float(vectors[g] @ v) >= threshold or (linked is not None and linked(g, cand)) for g in group):
                 group.append(cand)
                 assigned.add(cand)
         if sum(len(units[u]) for u in group) > 1:
@@ -215,14 +220,47 @@ def group_pairs(units: dict[int, list[int]], edges: dict[int, dict[int, float]],
     return groups
 
 
+def _hashes(catalog: Catalog, filters: Filters | None) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids, uint64 perceptual hashes) of the indexed images that have one (after filters)."""
+    from searchlite.phash import to_bits
+
+    conds = filters.conditions(catalog) if filters is not None and filters.active() else []
+    with catalog.Session() as s:
+        rows = s.execute(select(ImageRow.id, ImageRow.phash).join(Root, Root.id == ImageRow.root_id).where(
+            ImageRow.status == "ok", ImageRow.phash.is_not(None), *conds).order_by(ImageRow.id)).all()
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    return ids, to_bits([r[1] for r in rows])
+
+
+def _bits(m: Member) -> int | None:
+    return int(m.phash, 16) if m.phash else None
+
+
 def find_duplicates(catalog: Catalog, model: ModelRow, index: ModelIndex, threshold: float,
-                    filters: Filters | None = None, chunk: int = QUERY_CHUNK) -> list[Group]:
-    """Duplicate groups (largest first), each with its suggested keeper first. Read-only."""
+                    filters: Filters | None = None, chunk: int = QUERY_CHUNK,
+                    hash_distance: int | None = None) -> list[Group]:
+    """Duplicate groups (largest first), each with its suggested keeper first. Read-only.
+
+    Two channels link photos: the embedding (exact cosine >= ``threshold``) and the perceptual
+    hash (at most ``hash_distance`` bits apart; None: :data:`searchlite.phash.HASH_DISTANCE`; a
+    negative value turns the channel off). Both feed one complete-linkage grouping; each member
+    reports the channel that links it to the keeper."""
+    from searchlite.phash import HASH_DISTANCE, check_distance, hash_pairs
+
     if not -1.0 <= threshold <= 1.0:
         raise QueryError(f"--threshold must be a cosine between -1 and 1, got {threshold}")
+    distance = HASH_DISTANCE if hash_distance is None else hash_distance
+    use_hash = distance >= 0
+    if use_hash:
+        check_distance(distance)
     rows = _query_rows(catalog, model, filters)
     a, b, sims = similar_pairs(index, rows, threshold, chunk)
     row_image = _images_of_rows(catalog, model.id, np.union1d(a, b)) if len(a) else {}
+    pairs = [(row_image.get(ra), row_image.get(rb)) for ra, rb in zip(a.tolist(), b.tolist())]
+    if use_hash:
+        hash_ids, bits = _hashes(catalog, filters)
+        hi, hj, _ = hash_pairs(bits, distance)
+        pairs += list(zip(hash_ids[hi].tolist(), hash_ids[hj].tolist()))
     classes = _exact_classes(catalog, filters)
     unit_of: dict[int, int] = {}
     units: dict[int, list[int]] = {}
@@ -230,8 +268,7 @@ def find_duplicates(catalog: Catalog, model: ModelRow, index: ModelIndex, thresh
         units[ids[0]] = ids
         unit_of.update({i: ids[0] for i in ids})
     edges: dict[int, dict[int, float]] = {}
-    for ra, rb, s in zip(a.tolist(), b.tolist(), sims.tolist()):
-        ia, ib = row_image.get(ra), row_image.get(rb)
+    for ia, ib in pairs:
         if ia is None or ib is None:
             continue
         ua, ub = unit_of.setdefault(ia, ia), unit_of.setdefault(ib, ib)
@@ -239,17 +276,23 @@ def find_duplicates(catalog: Catalog, model: ModelRow, index: ModelIndex, thresh
             continue
         units.setdefault(ua, [ua])
         units.setdefault(ub, [ub])
-        edges.setdefault(ua, {})[ub] = max(s, edges.get(ua, {}).get(ub, -1.0))
-        edges.setdefault(ub, {})[ua] = max(s, edges.get(ub, {}).get(ua, -1.0))
+        edges.setdefault(ua, {})[ub] = edges.setdefault(ub, {})[ua] = 0.0  # exact cosine below
     members = _members(catalog, list(unit_of))
     units = {u: [i for i in ims if i in members] for u, ims in units.items() if u in members}
     # each unit's vector: identical bytes, identical vectors, so any member's stored one
     store_rows = catalog.rows_of(model.id, list(units))
     vec_rows = {u: store_rows[u] for u in units if u in store_rows}
     vectors = dict(zip(vec_rows, index.store.get(np.fromiter(vec_rows.values(), np.int64)))) if vec_rows else {}
-    edges = {u: {v: s for v, s in nb.items() if v in vectors} for u, nb in edges.items() if u in vectors}
+    edges = {u: {v: float(vectors[u] @ vectors[v]) for v in nb if v in vectors}
+             for u, nb in edges.items() if u in vectors}
+    unit_bits = {u: _bits(members[u]) for u in units}
+
+    def hashed(u: int, v: int) -> bool:
+        bu, bv = unit_bits.get(u), unit_bits.get(v)
+        return use_hash and bu is not None and bv is not None and (bu ^ bv).bit_count() <= distance
+
     out = []
-    for group in group_pairs(units, edges, vectors, members, threshold):
+    for group in group_pairs(units, edges, vectors, members, threshold, hashed):
         people = distinct_files([members[i] for u in group for i in units[u]])
         if len(people) < 2:
             continue  # one file reached by two paths (a link): an image is never its own duplicate
@@ -259,6 +302,11 @@ def find_duplicates(catalog: Catalog, model: ModelRow, index: ModelIndex, thresh
             mv = vectors.get(unit_of[m.image_id])
             same = m is keeper or (m.sha256 is not None and m.sha256 == keeper.sha256)
             m.similarity = 1.0 if same or kv is None or mv is None else float(min(1.0, kv @ mv))
+            if m is not keeper:
+                by_vec = same or m.similarity >= threshold
+                kb, mb = _bits(keeper), _bits(m)
+                by_hash = use_hash and kb is not None and mb is not None and (kb ^ mb).bit_count() <= distance
+                m.channel = "both" if by_vec and by_hash else "phash" if by_hash else "embedding"
         rest = sorted((m for m in people if m is not keeper), key=lambda m: (-m.similarity, m.path))
         out.append(Group(keeper.path, [keeper, *rest]))
     out.sort(key=lambda g: (-len(g.members), g.keep))

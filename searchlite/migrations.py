@@ -121,8 +121,15 @@ def _v2_to_v3(conn: Connection) -> None:
         conn.exec_driver_sql("DROP TABLE embeddings")
 
 
+#: round 4 (search): each image's 64-bit perceptual hash (16 hex digits, searchlite.phash), written
+#: at index time from the decode made for the model; NULL until the image is next decoded.
+_R4_IMAGE_PHASH = """
+ALTER TABLE images ADD COLUMN phash VARCHAR(16);
+"""
+
 #: STEPS[v] upgrades a version-v catalog to v + 1. A release that changes the schema appends a step.
-STEPS: list[Callable[[Connection], None]] = [_script(_V1), _script(_V2), _v2_to_v3, _script(_V4)]
+STEPS: list[Callable[[Connection], None]] = [_script(_V1), _script(_V2), _v2_to_v3, _script(_V4),
+                                             _script(_R4_IMAGE_PHASH)]
 
 
 def current_version(conn: Connection) -> int:

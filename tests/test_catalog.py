@@ -57,7 +57,7 @@ def _fresh_at(version: int, folder: Path) -> Path:
 
 def test_new_catalog_is_at_current_version_in_wal_mode(tmp_path):
     cat = Catalog(tmp_path)
-    assert cat.schema_version == SCHEMA_VERSION == 4
+    assert cat.schema_version == SCHEMA_VERSION == 5
     with cat.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
 

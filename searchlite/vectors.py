@@ -269,7 +269,9 @@ class VectorIndex:
             wide = SearchParams(ef_search=max(base.ef_search, k), nprobe=base.nprobe)
             scores, ids = self.search(q[todo], k, wide, selector)
             inside = ((scores >= radius) | (np.arange(scores.shape[1]) < k_min)[None, :]) & (ids >= 0)
-            full = inside[:, -1] if (k < cap and scores.shape[1] == k) else np.zeros(len(todo), bool)
+            # the k-th neighbour itself inside the radius: there may be more beyond k
+            full = (scores[:, -1] >= radius) & (ids[:, -1] >= 0) if (k < cap and scores.shape[1] == k) \
+                else np.zeros(len(todo), bool)
             done = ~full
             r, c = np.nonzero(inside & done[:, None])
             out_pos.append(todo[r].astype(np.int64))

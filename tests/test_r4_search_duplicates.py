@@ -112,3 +112,27 @@ def test_r4_duplicates_on_every_index_type_match_brute_force(lib768, kind):
 def test_r4_duplicates_module_calls_no_faiss():
     text = (ROOT / "searchlite" / "duplicates.py").read_text()
     assert "faiss" not in text.lower()
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq", "ivf", "flat"])
+def test_r4_within_finds_every_neighbour_beyond_the_first_k(kind):
+    """A crowd of 60 near copies (more than the first k-NN window of 16): every one is returned,
+    compared with brute force over the same vectors."""
+    from searchlite.vectors import VectorIndex
+
+    rng = np.random.default_rng(11)
+    base = planted(2000, 64, seed=11)
+    centre = base[0]
+    crowd = _unit(centre + 0.03 * rng.normal(size=(60, 64)))  # cosine ~0.97 to the centre
+    x = np.vstack([base, crowd]).astype(np.float32)
+    ids = np.arange(len(x), dtype=np.int64)
+    index = VectorIndex.build(kind, 64, ids, x)
+    radius = 0.9
+    pos, hit, _ = index.within(x[[0, 2000, 7]], radius, k_cap=1024, k_min=0)
+    sims = x[[0, 2000, 7]] @ x.T
+    for q in range(3):
+        expected = set(np.flatnonzero(sims[q] >= radius + 0.02).tolist())  # clear of SQ8/PQ rounding
+        got = set(hit[pos == q].tolist())
+        if kind in ("flat", "ivf", "hnsw"):
+            assert expected <= got, (q, len(expected), len(got))
+    assert len(set(hit[pos == 0].tolist())) > 16 or kind == "ivfpq"

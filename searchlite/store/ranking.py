@@ -34,7 +34,7 @@ WINDOW = 100
 #: An approximate ranking asked for more than this fraction of the live rows is finished exactly.
 EXACT_SWITCH = 0.25
 #: Rankings kept per model index, and rows kept in all of them together (12 bytes a row).
-CACHE_RANKINGS = 32
+CACHE_RANKINGS = 16
 CACHE_ROWS = 8_000_000
 
 
@@ -60,6 +60,11 @@ class Ranking:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def held(self) -> int:
+        """Array elements this ranking keeps (ranked rows and the filter's rows): its memory, in units."""
+        return len(self.rows) + (len(self.allowed) if self.allowed is not None else 0)
 
     def _append(self, scores: np.ndarray, rows: np.ndarray) -> int:
         fresh = ~np.isin(rows, self.rows)
@@ -146,7 +151,7 @@ class RankingCache:
 
     def _trim(self) -> None:
         while len(self._items) > self.size or (
-                len(self._items) > 1 and sum(len(r) for r in self._items.values()) > self.max_rows):
+                len(self._items) > 1 and sum(r.held for r in self._items.values()) > self.max_rows):
             self._items.popitem(last=False)
 
     def clear(self) -> None:

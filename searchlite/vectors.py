@@ -238,7 +238,7 @@ class VectorIndex:
         for start in range(0, len(queries), RANGE_CHUNK):
             q = queries[start:start + RANGE_CHUNK]
             if self.kind in ("flat", "ivf"):
-                p = self._params(params, selector, range_search=True)
+                p = self._params(params, selector)
                 try:
                     lims, dist, ids = self.index.range_search(q, float(radius), params=p)
                 except RuntimeError as exc:
@@ -277,11 +277,14 @@ class VectorIndex:
             out_pos.append(todo[r].astype(np.int64))
             out_ids.append(ids[r, c].astype(np.int64))
             out_s.append(scores[r, c].astype(np.float32))
+            if k >= cap and cap < self.ntotal and ((scores[:, -1] >= radius) & (ids[:, -1] >= 0)).any():
+                log.warning("%d queries have more than %d neighbours at %.3f: the farthest are not returned",
+                            int(((scores[:, -1] >= radius) & (ids[:, -1] >= 0)).sum()), cap, radius)
             k = min(k * 2, cap)
             todo = todo[full]
         return np.concatenate(out_pos), np.concatenate(out_ids), np.concatenate(out_s)
 
-    def _params(self, params: SearchParams | None, selector: Any, range_search: bool = False) -> Any:
+    def _params(self, params: SearchParams | None, selector: Any) -> Any:
         """FAISS search parameters for this index kind (IVF: ``nprobe`` or the default)."""
         import faiss
 

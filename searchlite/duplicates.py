@@ -6,6 +6,11 @@
    a range search where the index has a safe one, a k-NN with a radius cut on HNSW and IVF-PQ,
    the exact tail scored block-wise), every candidate verified with the exact stored vectors.
    This module is a client of that layer, never of the ANN library itself.
+   A second channel links pairs whose perceptual hashes (``images.phash``, :mod:`searchlite.phash`)
+   differ in at most a few bits, whatever the model says (a half-size re-encode the embedding can
+   place at cosine 0.69); both channels feed the grouping below, and each member reports which
+   one links it to the keeper (``channel``: "phash", "embedding" or "both").
+   One physical file (device + inode) reached by two paths is one photo: never its own duplicate.
 3. **Groups without chaining** (complete linkage): a photo joins a group only when it is within
    the threshold of *every* member already in it, so A~B and B~C never pull in a C far from A.
    We chose "every other member" over "the keeper" because it does not depend on which member

@@ -129,6 +129,11 @@ class ImageRow(Base):
     text_sig: Mapped[str | None] = mapped_column(String)
     ocr_version: Mapped[str | None] = mapped_column(String(32))
     text_error: Mapped[str | None] = mapped_column(SafeText)
+    # round4-scan: the file's identity on disk (device, inode; see indexer/identity.py)
+    dev: Mapped[int | None] = mapped_column(Integer)
+    inode: Mapped[int | None] = mapped_column(Integer)
+    # round4-search: 64-bit perceptual hash, 16 hex digits (searchlite.phash)
+    phash: Mapped[str | None] = mapped_column(String(16))
 
 
 class ImageTextRow(Base):
@@ -139,9 +144,6 @@ class ImageTextRow(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     field: Mapped[str] = mapped_column(String(16))
     text: Mapped[str] = mapped_column(SafeText)
-    # round4-scan: the file's identity on disk (device, inode; see indexer/identity.py)
-    dev: Mapped[int | None] = mapped_column(Integer)
-    inode: Mapped[int | None] = mapped_column(Integer)
 
 
 class ModelRow(Base):

@@ -2,12 +2,15 @@
 
 1. **Exact duplicates**: images whose bytes hash alike (``images.sha256``, stored by the indexer)
    form one unit; identical bytes give identical vectors, so a unit behaves as one photo below.
-2. **Candidate pairs** come from the library's own index (:class:`searchlite.store.ModelIndex`): a
-   FAISS *range* search of every stored vector, in chunks of :data:`QUERY_CHUNK`, over each index
-   segment (radius lowered by :data:`MARGIN` because compressed codes score approximately), and an
-   exact block-wise range search of the tail the segments do not cover. Every candidate is then
-   verified with the exact stored vectors. Memory is bounded by the chunk and the pairs found:
-   no n x n matrix is ever made.
+2. **Candidate pairs** come from the one search layer (:func:`searchlite.store.pairs.similar_pairs`:
+   a range search where the index has a safe one, a k-NN with a radius cut on HNSW and IVF-PQ,
+   the exact tail scored block-wise), every candidate verified with the exact stored vectors.
+   This module is a client of that layer, never of the ANN library itself.
+   A second channel links pairs whose perceptual hashes (``images.phash``, :mod:`searchlite.phash`)
+   differ in at most a few bits, whatever the model says (a half-size re-encode the embedding can
+   place at cosine 0.69); both channels feed the grouping below, and each member reports which
+   one links it to the keeper (``channel``: "phash", "embedding" or "both").
+   One physical file (device + inode) reached by two paths is one photo: never its own duplicate.
 3. **Groups without chaining** (complete linkage): a photo joins a group only when it is within
    the threshold of *every* member already in it, so A~B and B~C never pull in a C far from A.
    We chose "every other member" over "the keeper" because it does not depend on which member
@@ -29,7 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -44,21 +47,12 @@ from searchlite.imaging import format_taken
 from searchlite.query import Filters, allowed_rows
 from searchlite.rawphoto import RAW_EXTENSIONS
 from searchlite.store import ModelIndex
+from searchlite.store.pairs import QUERY_CHUNK, similar_pairs
 
 log = logging.getLogger(__name__)
 
 #: The threshold for models the zoo does not know (cosine of two image embeddings).
 DEFAULT_THRESHOLD = 0.95
-#: Query vectors per range search (memory: QUERY_CHUNK x the tail block of scores).
-QUERY_CHUNK = 4096
-#: Rows of the exact tail scored per block against a query chunk (4096 x 16384 floats = 256 MB).
-TAIL_BLOCK = 16384
-#: Inverted lists probed per query in IVF segments. A near copy lies in its original's cell or a
-#: neighbouring one: planted pairs at 100k (IVF1264,SQ8), recall 0.98 at nprobe 1, 1.000 at 2, 4
-#: and 16 (0.15, 0.25, 0.61 ms a query); ordinary search probes 16 for ranking far neighbours too.
-NPROBE = 4
-#: Compressed segments (SQ8, PQ) score approximately: search a little below the threshold, then verify.
-MARGIN = 0.02
 
 
 def default_threshold(spec: str) -> float:
@@ -87,10 +81,12 @@ class Member:
     companion: str | None = None
     sha256: str | None = None
     taken: datetime | None = None
+    phash: str | None = None
+    channel: str | None = None  # how it is linked to the keeper: "phash" | "embedding" | "both" (keeper: None)
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "similarity": round(self.similarity, 6), "width": self.width,
-                "height": self.height, "size": self.size, "taken_at": self.taken_at}
+                "height": self.height, "size": self.size, "taken_at": self.taken_at, "channel": self.channel}
 
     @property
     def pixels(self) -> int:
@@ -152,111 +148,20 @@ def _query_rows(catalog: Catalog, model: ModelRow, filters: Filters | None) -> n
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def _chunks(index: ModelIndex, rows: np.ndarray, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(rows, vectors) of sorted ``rows`` in pieces of at most ``chunk``, read with plain reads
-    (not the memory map, so the process does not keep the whole store's pages)."""
-    if not len(rows):
-        return
-    lo = int(rows[0])
-    hi = int(rows[-1]) + 1
-    span = max(chunk, 1)
-    for start, block in index.store.read_chunks(lo, hi, span):
-        at = rows[(rows >= start) & (rows < start + len(block))]
-        if len(at):
-            yield at, np.ascontiguousarray(block[at - start])
-
-
-def _selector(index: ModelIndex, seg: Any, allowed: np.ndarray | None, dead: np.ndarray) -> tuple[Any, Any]:
-    from searchlite.vectors import bitmap_selector, excluding_selector
-
-    if allowed is not None:
-        inside = allowed[(allowed >= seg.row_lo) & (allowed < seg.row_hi)]
-        return bitmap_selector(inside, seg.row_hi) if len(inside) else (False, None)
-    inside = dead[(dead >= seg.row_lo) & (dead < seg.row_hi)]
-    return excluding_selector(inside) if len(inside) else (None, None)
-
-
-def _range_segment(vi: Any, queries: np.ndarray, radius: float, selector: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(query position, row) pairs a segment scores at least ``radius``."""
-    import faiss
-
-    if vi.kind == "hnsw":
-        params = faiss.SearchParametersHNSW(efSearch=128, sel=selector)
-    elif vi.kind in ("ivf", "ivfpq"):
-        ivf = faiss.try_extract_index_ivf(vi.index)
-        params = faiss.SearchParametersIVF(nprobe=min(ivf.nlist, NPROBE), sel=selector)
-    else:
-        params = faiss.SearchParameters(sel=selector)
-    lims, _, ids = vi.index.range_search(queries, float(radius), params=params)
-    pos = np.repeat(np.arange(len(queries), dtype=np.int64), np.diff(lims).astype(np.int64))
-    return pos, ids.astype(np.int64)
-
-
-def candidate_pairs(index: ModelIndex, rows: np.ndarray, threshold: float, chunk: int = QUERY_CHUNK,
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair (a < b) of ``rows`` (sorted live store rows) whose exact cosine is at least
-    ``threshold``, as (a, b, similarity) arrays: range searches of the index, verified exactly."""
-    dead = index.snap.tombstones if index.snap is not None else np.zeros(0, np.int64)
-    everything = len(rows) == index.live
-    allowed = None if everything else rows
-    selectors = {seg.name: _selector(index, seg, allowed, dead) for seg, _ in index.segments}
-    covered, committed = index.covered, index.store.committed
-    tail = rows[rows >= covered]
-    found_a, found_b, found_s = [], [], []
-    for q_rows, q in _chunks(index, rows, chunk):
-        cand_pos, cand_rows = [], []
-        for seg, vi in index.segments:
-            selector, _keep = selectors[seg.name]
-            if selector is False:
-                continue
-            pos, hit = _range_segment(vi, q, threshold - (MARGIN if ",SQ" in vi.factory or ",PQ" in vi.factory
-                                                           else 1e-6), selector)
-            cand_pos.append(pos)
-            cand_rows.append(hit)
-        for lo in range(0, len(tail), TAIL_BLOCK):  # the exact tail (the whole store below 100k)
-            block_rows = tail[lo:lo + TAIL_BLOCK]
-            scores = q @ index.store.get(block_rows).T
-            qi, bi = np.nonzero(scores >= threshold - 1e-6)
-            cand_pos.append(qi.astype(np.int64))
-            cand_rows.append(block_rows[bi])
-        if not cand_pos:
-            continue
-        pos, hit = np.concatenate(cand_pos), np.concatenate(cand_rows)
-        a = q_rows[pos]
-        keep = (hit != a) & (hit >= 0) & (hit < committed)
-        pos, a, hit = pos[keep], a[keep], hit[keep]
-        if not len(hit):
-            continue
-        sims = np.empty(len(hit), np.float32)
-        order = np.argsort(hit, kind="stable")
-        for start in range(0, len(order), 65536):  # verify with the exact stored vectors
-            at = order[start:start + 65536]
-            sims[at] = np.einsum("ij,ij->i", q[pos[at]], index.store.get(hit[at]))
-        ok = sims >= threshold
-        found_a.append(np.minimum(a[ok], hit[ok]))
-        found_b.append(np.maximum(a[ok], hit[ok]))
-        found_s.append(sims[ok])
-    if not found_a:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    a, b, s = np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_s)
-    key = a * (int(committed) + 1) + b
-    _, first = np.unique(key, return_index=True)
-    return a[first], b[first], s[first]
-
-
 # -- grouping --------------------------------------------------------------------------------------------
 def _members(catalog: Catalog, image_ids: Sequence[int]) -> dict[int, Member]:
     ids = sorted({int(i) for i in image_ids})
     out: dict[int, Member] = {}
     cols = [ImageRow.id, ImageRow.root_id, ImageRow.relpath, ImageRow.width, ImageRow.height, ImageRow.size,
-            ImageRow.taken_at, ImageRow.taken_offset, ImageRow.companion, ImageRow.sha256, Root.path.label("root")]
+            ImageRow.taken_at, ImageRow.taken_offset, ImageRow.companion, ImageRow.sha256, ImageRow.phash,
+            Root.path.label("root")]
     with catalog.Session() as s:
         for start in range(0, len(ids), 900):
             for r in s.execute(select(*cols).join(Root, Root.id == ImageRow.root_id)
                                .where(ImageRow.id.in_(ids[start:start + 900]))):
                 out[r.id] = Member(r.id, join_path(r.root, r.relpath), 1.0, r.width, r.height, r.size,
                                    format_taken(r.taken_at, r.taken_offset), r.root_id, r.relpath, r.companion,
-                                   r.sha256, r.taken_at)
+                                   r.sha256, r.taken_at, r.phash)
     return out
 
 
@@ -288,10 +193,12 @@ def _exact_classes(catalog: Catalog, filters: Filters | None) -> list[list[int]]
 
 
 def group_pairs(units: dict[int, list[int]], edges: dict[int, dict[int, float]], vectors: dict[int, np.ndarray],
-                members: dict[int, Member], threshold: float) -> list[list[int]]:
+                members: dict[int, Member], threshold: float,
+                linked: Callable[[int, int], bool] | None = None) -> list[list[int]]:
     """Complete-linkage groups of units (unit id -> its image ids): seeds best-keeper first; a
-    neighbour of the seed joins when its exact cosine to every unit already in the group is at
-    least ``threshold``. Returns groups of unit ids (each of more than one image)."""
+    neighbour of the seed joins when it is linked to every unit already in the group: its exact
+    cosine is at least ``threshold``, or ``linked(a, b)`` says so (another channel, e.g. the
+    perceptual hash). Returns groups of unit ids (each of more than one image)."""
 
     def rank(unit: int) -> tuple:
         m = members[unit]
@@ -308,7 +215,7 @@ def group_pairs(units: dict[int, list[int]], edges: dict[int, dict[int, float]],
             if cand in assigned:
                 continue
             v = vectors[cand]
-            if all(float(vectors[g] @ v) >= threshold for g in group):
+            if all(float(vectors[g] @ v) >= threshold or (linked is not None and linked(g, cand)) for g in group):
                 group.append(cand)
                 assigned.add(cand)
         if sum(len(units[u]) for u in group) > 1:
@@ -316,14 +223,47 @@ def group_pairs(units: dict[int, list[int]], edges: dict[int, dict[int, float]],
     return groups
 
 
+def _hashes(catalog: Catalog, filters: Filters | None) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids, uint64 perceptual hashes) of the indexed images that have one (after filters)."""
+    from searchlite.phash import to_bits
+
+    conds = filters.conditions(catalog) if filters is not None and filters.active() else []
+    with catalog.Session() as s:
+        rows = s.execute(select(ImageRow.id, ImageRow.phash).join(Root, Root.id == ImageRow.root_id).where(
+            ImageRow.status == "ok", ImageRow.phash.is_not(None), *conds).order_by(ImageRow.id)).all()
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    return ids, to_bits([r[1] for r in rows])
+
+
+def _bits(m: Member) -> int | None:
+    return int(m.phash, 16) if m.phash else None
+
+
 def find_duplicates(catalog: Catalog, model: ModelRow, index: ModelIndex, threshold: float,
-                    filters: Filters | None = None, chunk: int = QUERY_CHUNK) -> list[Group]:
-    """Duplicate groups (largest first), each with its suggested keeper first. Read-only."""
+                    filters: Filters | None = None, chunk: int = QUERY_CHUNK,
+                    hash_distance: int | None = None) -> list[Group]:
+    """Duplicate groups (largest first), each with its suggested keeper first. Read-only.
+
+    Two channels link photos: the embedding (exact cosine >= ``threshold``) and the perceptual
+    hash (at most ``hash_distance`` bits apart; None: :data:`searchlite.phash.HASH_DISTANCE`; a
+    negative value turns the channel off). Both feed one complete-linkage grouping; each member
+    reports the channel that links it to the keeper."""
+    from searchlite.phash import HASH_DISTANCE, check_distance, hash_pairs
+
     if not -1.0 <= threshold <= 1.0:
         raise QueryError(f"--threshold must be a cosine between -1 and 1, got {threshold}")
+    distance = HASH_DISTANCE if hash_distance is None else hash_distance
+    use_hash = distance >= 0
+    if use_hash:
+        check_distance(distance)
     rows = _query_rows(catalog, model, filters)
-    a, b, sims = candidate_pairs(index, rows, threshold, chunk)
+    a, b, sims = similar_pairs(index, rows, threshold, chunk)
     row_image = _images_of_rows(catalog, model.id, np.union1d(a, b)) if len(a) else {}
+    pairs = [(row_image.get(ra), row_image.get(rb)) for ra, rb in zip(a.tolist(), b.tolist())]
+    if use_hash:
+        hash_ids, bits = _hashes(catalog, filters)
+        hi, hj, _ = hash_pairs(bits, distance)
+        pairs += list(zip(hash_ids[hi].tolist(), hash_ids[hj].tolist()))
     classes = _exact_classes(catalog, filters)
     unit_of: dict[int, int] = {}
     units: dict[int, list[int]] = {}
@@ -331,8 +271,7 @@ def find_duplicates(catalog: Catalog, model: ModelRow, index: ModelIndex, thresh
         units[ids[0]] = ids
         unit_of.update({i: ids[0] for i in ids})
     edges: dict[int, dict[int, float]] = {}
-    for ra, rb, s in zip(a.tolist(), b.tolist(), sims.tolist()):
-        ia, ib = row_image.get(ra), row_image.get(rb)
+    for ia, ib in pairs:
         if ia is None or ib is None:
             continue
         ua, ub = unit_of.setdefault(ia, ia), unit_of.setdefault(ib, ib)
@@ -340,28 +279,74 @@ def find_duplicates(catalog: Catalog, model: ModelRow, index: ModelIndex, thresh
             continue
         units.setdefault(ua, [ua])
         units.setdefault(ub, [ub])
-        edges.setdefault(ua, {})[ub] = max(s, edges.get(ua, {}).get(ub, -1.0))
-        edges.setdefault(ub, {})[ua] = max(s, edges.get(ub, {}).get(ua, -1.0))
+        edges.setdefault(ua, {})[ub] = edges.setdefault(ub, {})[ua] = 0.0  # exact cosine below
     members = _members(catalog, list(unit_of))
     units = {u: [i for i in ims if i in members] for u, ims in units.items() if u in members}
     # each unit's vector: identical bytes, identical vectors, so any member's stored one
     store_rows = catalog.rows_of(model.id, list(units))
     vec_rows = {u: store_rows[u] for u in units if u in store_rows}
     vectors = dict(zip(vec_rows, index.store.get(np.fromiter(vec_rows.values(), np.int64)))) if vec_rows else {}
-    edges = {u: {v: s for v, s in nb.items() if v in vectors} for u, nb in edges.items() if u in vectors}
+    edges = {u: {v: float(vectors[u] @ vectors[v]) for v in nb if v in vectors}
+             for u, nb in edges.items() if u in vectors}
+    unit_bits = {u: _bits(members[u]) for u in units}
+
+    def hashed(u: int, v: int) -> bool:
+        bu, bv = unit_bits.get(u), unit_bits.get(v)
+        return use_hash and bu is not None and bv is not None and (bu ^ bv).bit_count() <= distance
+
     out = []
-    for group in group_pairs(units, edges, vectors, members, threshold):
-        people = [members[i] for u in group for i in units[u]]
+    for group in group_pairs(units, edges, vectors, members, threshold, hashed):
+        people = distinct_files([members[i] for u in group for i in units[u]])
+        if len(people) < 2:
+            continue  # one file reached by two paths (a link): an image is never its own duplicate
         keeper = choose_keeper(people)
         kv = vectors.get(unit_of[keeper.image_id])
         for m in people:
             mv = vectors.get(unit_of[m.image_id])
             same = m is keeper or (m.sha256 is not None and m.sha256 == keeper.sha256)
             m.similarity = 1.0 if same or kv is None or mv is None else float(min(1.0, kv @ mv))
+            if m is not keeper:
+                by_vec = same or m.similarity >= threshold
+                kb, mb = _bits(keeper), _bits(m)
+                by_hash = use_hash and kb is not None and mb is not None and (kb ^ mb).bit_count() <= distance
+                m.channel = "both" if by_vec and by_hash else "phash" if by_hash else "embedding"
         rest = sorted((m for m in people if m is not keeper), key=lambda m: (-m.similarity, m.path))
         out.append(Group(keeper.path, [keeper, *rest]))
     out.sort(key=lambda g: (-len(g.members), g.keep))
     return out
+
+
+# -- one physical file, several paths -------------------------------------------------------------------
+def file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a local file, following links; None when remote or unreadable."""
+    if "://" in path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def distinct_files(members: Sequence[Member]) -> list[Member]:
+    """Members less the extra paths of one physical file (a file link, or a folder link inside a
+    root): per (device, inode), the path without a link in it is kept, else the shortest."""
+    best: dict[tuple[int, int], Member] = {}
+    out: list[Member] = []
+    for m in members:
+        ident = file_identity(m.path)
+        if ident is None:
+            out.append(m)
+            continue
+        seen = best.get(ident)
+        if seen is None or _path_rank(m.path) < _path_rank(seen.path):
+            best[ident] = m
+    chosen = {id(m) for m in best.values()}
+    return out + [m for m in members if id(m) in chosen]
+
+
+def _path_rank(path: str) -> tuple[bool, int, str]:
+    return os.path.realpath(path) != os.path.abspath(path), len(path), path
 
 
 # -- moving non-keepers ---------------------------------------------------------------------------------
@@ -392,9 +377,16 @@ def move_duplicates(catalog: Catalog, groups: Sequence[Group], target: Path) -> 
     report = MoveReport()
     dest_root, prefix = resolve_root(catalog, str(target))
     for group in groups:
+        keeper = group.members[0]
+        kept = {i for i in (file_identity(keeper.path),
+                            file_identity(join_path(roots[keeper.root_id], keeper.companion))
+                            if keeper.companion and keeper.root_id in roots else None) if i is not None}
         for m in group.members[1:]:
             if "://" in m.path:
                 report.skipped.append((m.path, "not a local file"))
+                continue
+            if file_identity(m.path) in kept:
+                report.skipped.append((m.path, f"it is the same file as the kept {group.keep} (a link); not moved"))
                 continue
             relpath = prefix + m.relpath
             dst = target / m.relpath
@@ -428,5 +420,5 @@ def move_duplicates(catalog: Catalog, groups: Sequence[Group], target: Path) -> 
     return report
 
 
-__all__ = ["DEFAULT_THRESHOLD", "Group", "Member", "MoveReport", "candidate_pairs", "choose_keeper",
+__all__ = ["DEFAULT_THRESHOLD", "Group", "Member", "MoveReport", "choose_keeper",
            "default_threshold", "find_duplicates", "group_pairs", "move_duplicates"]

@@ -380,4 +380,4 @@ def is_image_name(path: str) -> bool:
     """Whether a path (or URI) ends in one of the image extensions the scanner indexes."""
     import os
 
-    return os.path.splitext(path.rstrip("/"))[1].lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(path.rstrip("/"))[1].lower() in image_extensions()

@@ -72,6 +72,7 @@ class Library:
         self._indexes: dict[int, ModelIndex] = {}
         self._embedders: dict[int, Embedder] = {}
         self._encoders: dict[int, Any] = {}
+        self._duplicate_groups: Any = None  # round4-search: duplicate_cache.GroupsCache, made on first use
         #: held by the resident front ends (socket, HTTP) around each call: one request at a time
         self.lock = threading.RLock()
         if self.catalog.has_legacy_vectors():
@@ -300,19 +301,29 @@ class Library:
 
     # -- housekeeping (searchlite.duplicates, searchlite.watch) ----------------------------------------
     def duplicates(self, model: str | None = None, threshold: float | None = None, *,
-                   filters: Filters | None = None, move_to: str | Path | None = None) -> tuple[list, Any]:
+                   filters: Filters | None = None, move_to: str | Path | None = None,
+                   hash_distance: int | None = None) -> tuple[list, Any]:
         """Exact and near-duplicate groups (see :mod:`searchlite.duplicates`), largest first, each
         with its suggested keeper first; read-only unless ``move_to``, which moves every non-keeper
-        there (under the writer lock) and records the moves. Returns (groups, MoveReport or None)."""
+        there (under the writer lock) and records the moves. Returns (groups, MoveReport or None).
+        Read-only results are computed once per library state (:mod:`searchlite.duplicate_cache`)."""
+        from searchlite.duplicate_cache import GroupsCache, images_state
         from searchlite.duplicates import default_threshold, find_duplicates, move_duplicates
 
         row = self.model_row(model)
         cos = default_threshold(row.spec) if threshold is None else float(threshold)
         if move_to is None:
-            return find_duplicates(self.catalog, row, self.model_index(row), cos, filters), None
+            index = self.model_index(row).refresh()
+            if self._duplicate_groups is None:
+                self._duplicate_groups = GroupsCache()
+            cache = self._duplicate_groups
+            key = cache.key(row.id, index.version, images_state(self.catalog), cos, hash_distance, filters)
+            return cache.get(key, lambda: find_duplicates(self.catalog, row, index, cos, filters,
+                                                          hash_distance=hash_distance)), None
         self.catalog.require_writable("duplicates --move-to")
         with library_lock(self.path, "duplicates --move-to"):
-            groups = find_duplicates(self.catalog, row, self.model_index(row), cos, filters)
+            groups = find_duplicates(self.catalog, row, self.model_index(row), cos, filters,
+                                     hash_distance=hash_distance)
             return groups, move_duplicates(self.catalog, groups, Path(move_to))
 
     # -- vectors of images -----------------------------------------------------------------------

@@ -165,6 +165,12 @@ CREATE INDEX ix_images_identity ON images (inode, dev);
 """
 images_identity = _script(_IMAGES_IDENTITY)
 
+#: round 4 (search): each image's 64-bit perceptual hash (16 hex digits, searchlite.phash), written
+#: at index time from the decode made for the model; NULL until the image is next decoded.
+_R4_IMAGE_PHASH = """
+ALTER TABLE images ADD COLUMN phash VARCHAR(16);
+"""
+
 #: STEPS[v] upgrades a version-v catalog to v + 1. A release that changes the schema appends a step.
 #: round 4 (onnx): the engine that embedded a model's vectors (torch | onnx; NULL: torch).
 _MODEL_RUNTIME = """
@@ -172,7 +178,7 @@ ALTER TABLE models ADD COLUMN runtime VARCHAR(16);
 """
 
 STEPS: list[Callable[[Connection], None]] = [_script(_V1), _script(_V2), _v2_to_v3, _script(_V4), _script(_V5_TEXT),
-                                             _script(_MODEL_RUNTIME), images_identity]
+                                             _script(_MODEL_RUNTIME), images_identity, _script(_R4_IMAGE_PHASH)]
 
 
 def current_version(conn: Connection) -> int:

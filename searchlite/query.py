@@ -9,7 +9,6 @@ stored per model; until then the zoo family's documented fallback centre (``cent
 from __future__ import annotations
 
 import string
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -225,30 +224,19 @@ def allowed_rows(catalog: Catalog, model: ModelRow, filters: Filters, session: S
     return np.sort(rows)
 
 
-#: Rows per candidate window of an approximate index (see :func:`search_vectors`).
-WINDOW = 100
 #: ``sort="date"`` orders this many results of the relevance ranking (those passing min_prob).
 DATE_POOL = 1000
 
 
-def _windows(index: ModelIndex, query: np.ndarray, allowed: np.ndarray | None, exclude: np.ndarray | None,
-             want: int, window: int = WINDOW) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The relevance ranking of one query as (scores, rows) pieces, independent of the page asked
-    for. An exact search (flat index, or a filter scored exactly) ranks by (score, row): its top
-    ``want`` is the ranking's first ``want`` rows. An approximate one (HNSW, IVF, IVF-PQ) yields
-    fixed windows: window j is the top-``window`` search leaving out (FAISS IDSelector) the
-    original exclusions and every row of windows 0..j-1, so windows never overlap and never
-    depend on k or offset; the ranking ends at the first empty window."""
-    if index.is_exact(allowed):
-        yield index.search(query, want, allowed, exclude)
-        return
-    seen = exclude if exclude is not None else np.zeros(0, np.int64)
-    while True:
-        scores, rows = index.search(query, window, allowed, seen)
-        if not len(rows):
-            return
-        yield scores, rows
-        seen = np.union1d(seen, rows)
+def min_cosine(min_prob: float | None, a: float, b: float) -> float | None:
+    """The cosine at which ``sigmoid(a*cos + b)`` reaches ``min_prob`` (None: no cut, or a <= 0)."""
+    if min_prob is None or a <= 0:
+        return None
+    if min_prob <= 0:
+        return -np.inf
+    if min_prob >= 1:
+        return np.inf
+    return float((np.log(min_prob / (1 - min_prob)) - b) / a)
 
 
 def search_vectors(catalog: Catalog, model: ModelRow, index: ModelIndex, query: np.ndarray, k: int,
@@ -259,50 +247,47 @@ def search_vectors(catalog: Catalog, model: ModelRow, index: ModelIndex, query: 
     selectivity.
 
     Everything is read from one snapshot (:meth:`ModelIndex.reading`): the filter's rows, the
-    vectors and the result rows, even while an index run commits. The ranking does not depend on
-    k or offset (see :func:`_windows`), so consecutive pages never repeat or skip an image. The
-    result set is the ranking's results with probability >= ``min_prob``; ``sort="date"`` orders
-    its pool by capture time, then pages through it: the results (probability >= ``min_prob``) among
-the top DATE_POOL of one search (exact, or one approximate search of DATE_POOL)."""
+    vectors and the result rows, even while an index run commits. The ranking
+    (:class:`searchlite.store.ranking.Ranking`) does not depend on k or offset and is kept per
+    query and index state, so consecutive pages never repeat or skip an image and page n reads
+    what pages 0..n-1 computed; it ends with every live row. The result set is the ranking's
+    results with probability >= ``min_prob`` (complete: scored exactly past the index's reach);
+    ``sort="date"`` orders the first DATE_POOL of them by capture time, then pages through it."""
     if sort not in SORTS:
         raise QueryError(f"unknown sort {sort!r}; choose one of {', '.join(SORTS)}")
     filters = filters or Filters()
     q = np.asarray(query, dtype=np.float32)
-    # sort=date: the pool is one search of DATE_POOL (a set; its relevance order does not matter)
-    want, window = (DATE_POOL, DATE_POOL) if sort == "date" else (offset + k, WINDOW)
     a, b = calibration(model)
+    cut = min_cosine(min_prob, a, b)
+    start, count = (0, DATE_POOL) if sort == "date" else (offset, k)
     results: list[SearchResult] = []
     with index.reading() as session:
         allowed = allowed_rows(catalog, model, filters, session, index.store.committed) if filters.active() else None
         exclude = np.array(sorted(catalog.rows_of(model.id, exclude_images, session).values()), dtype=np.int64) \
             if exclude_images else None
-        below = False
-        for scores, rows in _windows(index, q, allowed, exclude, want, window):
-            at = 0
-            while at < len(rows) and len(results) < want and not (below and a > 0):
-                # join only as many rows as are still wanted (a window holds more than a first page needs)
-                piece = slice(at, at + max(want - len(results), 20))
-                at = piece.stop
-                joined = catalog.results_for_rows(model.id, rows[piece], session)
-                for cos, row in zip(scores[piece].tolist(), rows[piece].tolist()):
-                    hit = joined.get(row)
-                    if hit is None:
-                        continue  # not a live image of this snapshot
-                    prob = float(sigmoid(a * cos + b))
-                    if min_prob is not None and prob < min_prob:
-                        below = True  # ranked by cosine (a > 0): the rest of the ranking scores lower
-                        continue
-                    extra = {"raw": join_path(hit.root_path, hit.companion)} if hit.companion else {}
-                    results.append(SearchResult(0, join_path(hit.root_path, hit.relpath), float(cos),
-                                                float(model.scale * cos + model.bias), prob, hit.id, hit.width,
-                                                hit.height, format_taken(hit.taken_at, hit.taken_offset), extra,
-                                                hit.taken_at))
-            if len(results) >= want or (below and a > 0) or sort == "date":
-                break  # enough, or below min_prob, or the date pool (one window) is complete
-    results = results[:want]
+        ranking = index.rankings.get(index, q, allowed, exclude, cut)
+
+        def is_live(rows: np.ndarray) -> np.ndarray:
+            joined = catalog.results_for_rows(model.id, rows, session)
+            return np.array([int(r) in joined for r in rows], dtype=bool)
+
+        scores, rows = ranking.page(index, start, count, is_live, cut)
+        joined = catalog.results_for_rows(model.id, rows, session)
+        for cos, row in zip(scores.tolist(), rows.tolist()):
+            hit = joined.get(row)
+            if hit is None:
+                continue
+            prob = float(sigmoid(a * cos + b))
+            if cut is None and min_prob is not None and prob < min_prob:
+                continue  # a <= 0: no cosine cut applies, so the probability is checked here
+            extra = {"raw": join_path(hit.root_path, hit.companion)} if hit.companion else {}
+            results.append(SearchResult(0, join_path(hit.root_path, hit.relpath), float(cos),
+                                        float(model.scale * cos + model.bias), prob, hit.id, hit.width,
+                                        hit.height, format_taken(hit.taken_at, hit.taken_offset), extra,
+                                        hit.taken_at))
     if sort == "date":
         results.sort(key=lambda r: (r.sort_time or datetime.min, r.path))
-    results = results[offset:offset + k]
+        results = results[offset:offset + k]
     for rank, r in enumerate(results, 1 + offset):
         r.rank = rank
     return results

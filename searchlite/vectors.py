@@ -32,6 +32,8 @@ IVF_MAX = 5_000_000
 #: Coarse quantizer size cap at which k-means and list assignment stay affordable on a few CPU cores.
 NLIST_CAP = 4096
 HNSW_M = 32
+#: Queries per FAISS range search / k-NN batch of :meth:`VectorIndex.within`.
+RANGE_CHUNK = 256
 EF_CONSTRUCTION = 80
 
 
@@ -113,6 +115,7 @@ def excluding_selector(rows: np.ndarray) -> tuple[Any, Any]:
 class SearchParams:
     ef_search: int = 128
     nprobe: int | None = None
+    widen: float = 1.0  # efSearch and nprobe grow by this factor (deeper windows of a ranking)
 
 
 class VectorIndex:
@@ -198,13 +201,13 @@ class VectorIndex:
 
         params = params or SearchParams()
         k = max(1, min(k, self.ntotal or 1))
-        boost = 1.0 / max(selectivity, 1e-6)
+        boost = max(params.widen, 1.0) / max(selectivity, 1e-6)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         try:
             if self.kind == "hnsw":
                 ef = int(min(max(params.ef_search, k) * boost, 16384))
                 p = faiss.SearchParametersHNSW(efSearch=max(ef, k), sel=selector) if selector is not None \
-                    else faiss.SearchParametersHNSW(efSearch=max(params.ef_search, k))
+                    else faiss.SearchParametersHNSW(efSearch=max(int(min(params.ef_search * params.widen, 16384)), k))
                 return self.index.search(queries, k, params=p)
             ivf = faiss.try_extract_index_ivf(self.index)
             if ivf is not None:
@@ -217,6 +220,81 @@ class VectorIndex:
             return self.index.search(queries, k, params=p)
         except RuntimeError as exc:
             raise LibraryError(f"FAISS search failed on {self.factory}: {str(exc).splitlines()[0]}") from exc
+
+    def within(self, queries: np.ndarray, radius: float, k_cap: int = 1024, params: SearchParams | None = None,
+               selector: Any = None, k_min: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every (query position, id, index score) whose index score is at least ``radius``.
+
+        Flat and IVF-SQ indexes answer with a FAISS range search, :data:`RANGE_CHUNK` queries at a
+        time. HNSW has no safe range search (FAISS aborts the process in
+        ``RangeSearchResult::do_allocation`` at d=768 from a few hundred queries) and IVF-PQ's
+        approximate scores make radii unreliable, so those answer with k-NN searches whose k
+        doubles, per query, while its k-th neighbour still scores at least ``radius`` (at most
+        ``k_cap``), cut at the radius; with ``k_min`` the k-NN answers keep their ``k_min`` nearest
+        whatever their score (compressed codes misjudge scores: the caller verifies). Scores are
+        the index's own (approximate for compressed codes): callers re-score exactly."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        found_pos, found_ids, found_s = [], [], []
+        for start in range(0, len(queries), RANGE_CHUNK):
+            q = queries[start:start + RANGE_CHUNK]
+            if self.kind in ("flat", "ivf"):
+                p = self._params(params, selector)
+                try:
+                    lims, dist, ids = self.index.range_search(q, float(radius), params=p)
+                except RuntimeError as exc:
+                    raise LibraryError(f"FAISS range search failed on {self.factory}: "
+                                       f"{str(exc).splitlines()[0]}") from exc
+                pos = np.repeat(np.arange(len(q), dtype=np.int64), np.diff(lims).astype(np.int64))
+                found_pos.append(pos + start)
+                found_ids.append(ids.astype(np.int64))
+                found_s.append(dist.astype(np.float32))
+                continue
+            pos, ids, sc = self._knn_within(q, radius, k_cap, params, selector, k_min)
+            found_pos.append(pos + start)
+            found_ids.append(ids)
+            found_s.append(sc)
+        if not found_pos:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return np.concatenate(found_pos), np.concatenate(found_ids), np.concatenate(found_s)
+
+    def _knn_within(self, q: np.ndarray, radius: float, k_cap: int, params: SearchParams | None,
+                    selector: Any, k_min: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """k-NN with a radius cut; k doubles for the queries whose k-th neighbour is inside."""
+        k = min(max(16, k_min), max(self.ntotal, 1))
+        todo = np.arange(len(q))
+        cap = max(1, min(k_cap, self.ntotal or 1))
+        out_pos, out_ids, out_s = [], [], []
+        while len(todo):
+            base = params or SearchParams()
+            wide = SearchParams(ef_search=max(base.ef_search, k), nprobe=base.nprobe)
+            scores, ids = self.search(q[todo], k, wide, selector)
+            inside = ((scores >= radius) | (np.arange(scores.shape[1]) < k_min)[None, :]) & (ids >= 0)
+            # the k-th neighbour itself inside the radius: there may be more beyond k
+            full = (scores[:, -1] >= radius) & (ids[:, -1] >= 0) if (k < cap and scores.shape[1] == k) \
+                else np.zeros(len(todo), bool)
+            done = ~full
+            r, c = np.nonzero(inside & done[:, None])
+            out_pos.append(todo[r].astype(np.int64))
+            out_ids.append(ids[r, c].astype(np.int64))
+            out_s.append(scores[r, c].astype(np.float32))
+            if k >= cap and cap < self.ntotal and ((scores[:, -1] >= radius) & (ids[:, -1] >= 0)).any():
+                log.warning("%d queries have more than %d neighbours at %.3f: the farthest are not returned",
+                            int(((scores[:, -1] >= radius) & (ids[:, -1] >= 0)).sum()), cap, radius)
+            k = min(k * 2, cap)
+            todo = todo[full]
+        return np.concatenate(out_pos), np.concatenate(out_ids), np.concatenate(out_s)
+
+    def _params(self, params: SearchParams | None, selector: Any) -> Any:
+        """FAISS search parameters for this index kind (IVF: ``nprobe`` or the default)."""
+        import faiss
+
+        params = params or SearchParams()
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is not None:
+            nprobe = min(ivf.nlist, params.nprobe or max(16, ivf.nlist // 256))
+            return faiss.SearchParametersIVF(nprobe=nprobe, sel=selector) if selector is not None \
+                else faiss.SearchParametersIVF(nprobe=nprobe)
+        return faiss.SearchParameters(sel=selector) if selector is not None else None
 
     def save(self, path: Path) -> None:
         """Write to a temp file in the same folder, fsync, rename, fsync the folder: a reader sees

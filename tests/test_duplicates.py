@@ -207,7 +207,7 @@ def test_cli_is_read_only_by_default_and_prints_the_json_contract(photos, tmp_pa
         assert str(root / "backup" / "old" / name) in [m["path"] for m in g["members"]]
     for g in groups:
         assert g["keep"] == g["members"][0]["path"]
-        assert set(g["members"][0]) == {"path", "similarity", "width", "height", "size", "taken_at"}
+        assert set(g["members"][0]) == {"path", "similarity", "width", "height", "size", "taken_at", "channel"}
     assert [len(g["members"]) for g in groups] == sorted((len(g["members"]) for g in groups), reverse=True)
     out = runner.invoke(app, ["duplicates", "-L", str(lib.path), "--threshold", "0.9", "--folder",
                               str(root / "backup")])

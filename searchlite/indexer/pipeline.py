@@ -44,6 +44,7 @@ from searchlite.indexer.scan import (
 )
 from searchlite.locking import library_lock
 from searchlite.models.base import DraftTarget, Embedder, InputSize, input_size_of, stack_inputs
+from searchlite.phash import phash_of  # round4-search
 from searchlite.store import VectorWriter
 from searchlite.store.builder import SegmentBuilder
 
@@ -147,7 +148,9 @@ def decode(work: Work, preprocessors: Sequence[Callable], sizes: Sequence[InputS
         return Done(work, sha=sha, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad image must never stop a run
         return Done(work, sha=sha, error=f"cannot preprocess: {type(exc).__name__}: {exc}")
-    return Done(work, sha=sha, meta=loaded.metadata(), pixels=pixels, same_content=same)
+    meta = loaded.metadata()
+    meta["phash"] = phash_of(loaded.image)  # round4-search: the duplicate hash, from this decode
+    return Done(work, sha=sha, meta=meta, pixels=pixels, same_content=same)
 
 
 def record_precision(s, model_ref: int, precision: str, count: int) -> None:

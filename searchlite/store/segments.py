@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from searchlite.catalog import Catalog, SegmentRow, Snapshot
 from searchlite.errors import LibraryError
+from searchlite.store.ranking import RankingCache
 from searchlite.store.vectorstore import VectorStore
 from searchlite.vectors import SearchParams, VectorIndex, bitmap_selector, excluding_selector, rescored
 
@@ -66,6 +67,7 @@ class ModelIndex:
         self.store = VectorStore(self.folder, dim, 0)
         self._open: dict[str, VectorIndex] = {}
         self._dead_selectors: dict[str, tuple[Any, Any]] = {}
+        self.rankings = RankingCache()  # pages of a query read its kept ranking (store/ranking.py)
 
     def refresh(self) -> ModelIndex:
         """Load what changed since the last call (new segments, tombstones, committed rows)."""
@@ -97,6 +99,7 @@ class ModelIndex:
         self.snap, self.segments, self.version = snap, segments, version
         self._open = {seg.name: index for seg, index in segments}
         self._dead_selectors = {}
+        self.rankings.clear()  # keyed by version too: this only frees the old state's rankings early
         if snap.store_rows < self.store.committed:
             self.store = VectorStore(self.folder, self.dim, snap.store_rows)  # store was compacted
         self.store.committed = snap.store_rows
@@ -134,9 +137,10 @@ class ModelIndex:
         return all(seg.kind == "flat" and not rescored(seg.factory) for seg, _ in self.segments)
 
     def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None,
-               exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               exclude: np.ndarray | None = None, widen: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, rows) for one query vector. ``allowed``: sorted live rows a filter
-        accepts (None: every live row). ``exclude``: rows to leave out (e.g. the query image)."""
+        accepts (None: every live row). ``exclude``: rows to leave out (e.g. the query image).
+        ``widen``: efSearch / nprobe grow by this factor (the deeper windows of a ranking)."""
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
         dead = self.snap.tombstones if self.snap is not None else np.zeros(0, np.int64)
         if exclude is not None and len(exclude):
@@ -150,14 +154,16 @@ class ModelIndex:
         s, r = self._exact_range(q, k, self.covered, self.store.committed, dead, allowed)
         found_scores.append(s)
         found_rows.append(r)
+        params = SearchParams(ef_search=self.params.ef_search, nprobe=self.params.nprobe, widen=widen)
         for seg, index in self.segments:
-            s, r = self._search_segment(seg, index, q, k, dead, allowed, exclude)
+            s, r = self._search_segment(seg, index, q, k, dead, allowed, exclude, params)
             found_scores.append(s)
             found_rows.append(r)
         return top_k(np.concatenate(found_scores), np.concatenate(found_rows), k)
 
     def _search_segment(self, seg: SegmentRow, index: VectorIndex, q: np.ndarray, k: int, dead: np.ndarray,
-                        allowed: np.ndarray | None, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                        allowed: np.ndarray | None, exclude: np.ndarray | None,
+                        params: SearchParams | None = None) -> tuple[np.ndarray, np.ndarray]:
         keep: Any = None
         selectivity = 1.0
         if allowed is not None:
@@ -170,7 +176,7 @@ class ModelIndex:
             selector = self._dead_selector(seg, dead, exclude)
         exact = not rescored(seg.factory)
         wanted = k if exact else k * REFINE.get(seg.kind, 4)
-        scores, rows = index.search(q[None, :], wanted, self.params, selector, selectivity)
+        scores, rows = index.search(q[None, :], wanted, params or self.params, selector, selectivity)
         del keep
         rows = rows[0]
         valid = rows >= 0
@@ -192,6 +198,19 @@ class ModelIndex:
             return cached[0]
         selector, self._keep = excluding_selector(inside)  # alive until the next search
         return selector
+
+    def exact_ranking(self, query: np.ndarray, allowed: np.ndarray | None = None,
+                      exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every live row (of ``allowed``, less ``exclude``) scored exactly from the store and
+        ranked by (score desc, row asc): the end of a ranking the approximate index cannot reach."""
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
+        dead = self.snap.tombstones if self.snap is not None else np.zeros(0, np.int64)
+        if exclude is not None and len(exclude):
+            dead = np.union1d(dead, np.asarray(exclude, dtype=np.int64))
+        if allowed is not None:
+            rows = np.setdiff1d(allowed, dead, assume_unique=False)
+            return top_k(self.store.dot(rows, q), rows, len(rows))
+        return self._exact_range(q, max(self.store.committed, 1), 0, self.store.committed, dead, None)
 
     def _exact_range(self, q: np.ndarray, k: int, lo: int, hi: int, dead: np.ndarray,
                      allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from typing import Any
 from searchlite.errors import QueryError
 
 #: results per request (a page), and how deep paging may go
-MAX_K = 10_000
+MAX_K = 1000
 MAX_OFFSET = 1_000_000
 #: image sizes a size filter may ask for
 MAX_SIZE = 1_000_000

@@ -633,12 +633,12 @@ def on_read_only_medium(folder: Path) -> bool:
 
 
 def _read_only_engine(path: Path) -> Engine:
-    """An engine over SQLite's read-only open of a catalog (``mode=ro``), which sees what another
-    process writes later (a NAS share someone else indexes). ``immutable=1`` only where nothing can
-    write: a read-only mount, or when SQLite cannot open the WAL index (no -shm file and a folder
-    this user cannot write); then every session opens a fresh connection, so writes made since
-    are seen as soon as they are checkpointed or a -wal appears. A URI by ``creator``, so the
-    path is escaped exactly."""
+    """An engine over SQLite's read-only open of a catalog (``mode=ro``) that sees what another
+    process writes later (a NAS share someone else indexes). Each session opens its own
+    connection, chosen when it opens: while a writer is active (a -wal/-shm file exists) a plain
+    read-only connection, which reads the WAL; when none is (no -wal: everything is in the main
+    file) or on a read-only mount, ``immutable=1``, which needs no lock files, so a reader never
+    creates any. A URI by ``creator``, so the path is escaped exactly."""
     import sqlite3
     from urllib.parse import quote
 
@@ -648,18 +648,10 @@ def _read_only_engine(path: Path) -> Engine:
     frozen = on_read_only_medium(path.parent)
 
     def connect() -> sqlite3.Connection:
-        if not frozen:
-            conn = sqlite3.connect(base, uri=True, check_same_thread=False)
-            try:
-                conn.execute("PRAGMA schema_version").fetchone()  # opens the -wal / -shm it needs
-                return conn
-            except sqlite3.OperationalError as exc:
-                conn.close()
-                log.info("read-only catalog %s opened as immutable (%s)", path, exc)
-        return sqlite3.connect(base + "&immutable=1", uri=True, check_same_thread=False)
+        wal = not frozen and any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm"))
+        return sqlite3.connect(base if wal else base + "&immutable=1", uri=True, check_same_thread=False)
 
-    # round4-server: pooled connections only on a read-only medium; elsewhere a fallback
-    # immutable connection must not outlive its session
+    # round4-server: pooled (kept) connections only where nothing can change the file
     return create_engine(URL.create("sqlite", database=str(path)), creator=connect,
                          poolclass=QueuePool if frozen else NullPool)
 

@@ -235,9 +235,17 @@ def test_10_a_read_only_reader_sees_a_later_write(tmp_path):
     assert not (tmp_path / "lib" / "catalog.sqlite-wal").exists()  # a clean close: no -wal, as on a share
     reader = Catalog(tmp_path / "lib", read_only=True)
     assert reader.roots() == {}
-    with sqlite3.connect(tmp_path / "lib" / "catalog.sqlite") as conn:  # someone else indexes meanwhile
-        conn.execute("INSERT INTO roots (path, added_at, default_excludes) VALUES ('/photos', '2026-01-01', 1)")
-    assert list(reader.roots().values()) == ["/photos"]
+    files = sorted(os.listdir(tmp_path / "lib"))
+    writer = sqlite3.connect(tmp_path / "lib" / "catalog.sqlite")  # someone else indexes meanwhile
+    writer.execute("INSERT INTO roots (path, added_at, default_excludes) VALUES ('/photos', '2026-01-01', 1)")
+    writer.commit()
+    assert list(reader.roots().values()) == ["/photos"]  # while the writer is open (its -wal)
+    writer.execute("INSERT INTO roots (path, added_at, default_excludes) VALUES ('/more', '2026-01-01', 1)")
+    writer.commit()
+    writer.close()
+    assert not (tmp_path / "lib" / "catalog.sqlite-wal").exists()
+    assert sorted(reader.roots().values()) == ["/more", "/photos"]  # and after it closed
+    assert sorted(os.listdir(tmp_path / "lib")) == files  # the reader created no file
 
 
 def test_10_a_read_only_library_searches(site, tmp_path):

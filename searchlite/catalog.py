@@ -299,10 +299,11 @@ class Catalog:
     """
 
     def __init__(self, folder: Path, create: bool = True, read_only: bool | None = None) -> None:
-        from searchlite.query_cache import QueryCache
+        from searchlite.query_cache import shared
 
         self.folder = Path(folder)
-        self.query_cache = QueryCache()  # round4-server: query vectors off the catalog
+        self.query_cache = shared()  # round4-server: query vectors off the catalog, in process memory
+        self._cache_ns: tuple | None = None
         path = self.folder / CATALOG_FILE
         if read_only is None:
             read_only = read_only_forced() or (path.exists() and not is_writable(self.folder))
@@ -582,12 +583,19 @@ class Catalog:
     # search opens no write transaction); the query_cache table stays unused in old schemas.
     def cached_queries(self, model_ref: int, keys: list[str]) -> dict[str, np.ndarray]:
         """Cached query embeddings of a model, by key (see :mod:`searchlite.query_cache`)."""
-        return self.query_cache.get(model_ref, keys)
+        return self.query_cache.get(self._cache_key(model_ref), keys)
 
     def cache_queries(self, model_ref: int, vectors: dict[str, np.ndarray], keep: int) -> bool:
         """Remember query embeddings, keeping the ``keep`` most recent per model (in memory)."""
-        self.query_cache.put(model_ref, vectors, keep)
+        self.query_cache.put(self._cache_key(model_ref), vectors, keep)
         return True
+
+    def _cache_key(self, model_ref: int) -> tuple:
+        """A model of this very catalog file (a library deleted and made again is another file)."""
+        if self._cache_ns is None:
+            info = os.stat(self.folder / CATALOG_FILE)
+            self._cache_ns = (str(self.folder.resolve()), info.st_dev, info.st_ino)
+        return (*self._cache_ns, model_ref)
 
     def optimize(self) -> None:
         """Refresh the query planner's statistics when the catalog has grown or shrunk by more than

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import re
+import threading
 from collections.abc import Callable
 from importlib import resources
 from typing import Annotated, Any
@@ -238,6 +240,7 @@ def create_app(lib: Any, token: str | None = None, *, bound_host: str | None = N
     app.add_middleware(Guard, hosts=HostCheck(bound_host, allow_hosts), token=token, max_body=max_body,
                        activity=activity)
     preload = tuple(m.strip() for m in models if m.strip())
+    decodes = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
 
     def known(spec: str | None) -> str | None:
         spec = params.check_text(spec, "model")
@@ -340,7 +343,9 @@ def create_app(lib: Any, token: str | None = None, *, bound_host: str | None = N
 
     @app.get("/api/thumbnail/{image_id}")
     def get_thumbnail(image_id: int, size: Annotated[int, Query(ge=16, le=1024)] = 256) -> FileResponse:
-        path = thumbnail(lib, params.check_image_id(image_id, "image id"), size)  # no lock: decodes run in parallel
+        image_id = params.check_image_id(image_id, "image id")
+        with decodes:  # no library lock: thumbnails decode in parallel, as many at once as there are cores
+            path = thumbnail(lib, image_id, size)
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/image/{image_id}")

@@ -4,9 +4,11 @@ importing torch and loading a model.
 
 The socket lives in the library folder, or (paths too long for a Unix socket) in a per-user
 runtime folder with mode 0700; the client talks only to a socket owned by its own user. One JSON
-line each way per connection; every field is validated; a client that stalls is dropped after
-REQUEST_TIMEOUT seconds without holding up others (connections are accepted on threads, library
-calls run one at a time). The CLI silently falls back to in-process search when no server answers.
+line each way per connection; every field is validated by :mod:`searchlite.params` (as the CLI's
+and HTTP's); a client that stalls is dropped after REQUEST_TIMEOUT seconds without holding up
+others (connections are accepted on threads; requests on one model take turns, see
+:mod:`searchlite.service`, which owns this server). The CLI silently falls back to in-process
+search when no server answers.
 """
 
 from __future__ import annotations

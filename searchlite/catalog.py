@@ -306,7 +306,11 @@ class Catalog:
     """
 
     def __init__(self, folder: Path, create: bool = True, read_only: bool | None = None) -> None:
+        from searchlite.query_cache import shared
+
         self.folder = Path(folder)
+        self.query_cache = shared()  # round4-server: query vectors off the catalog, in process memory
+        self._cache_ns: tuple | None = None
         path = self.folder / CATALOG_FILE
         if read_only is None:
             read_only = read_only_forced() or (path.exists() and not is_writable(self.folder))
@@ -582,40 +586,23 @@ class Catalog:
                              .where(ImageRow.status == "error").order_by(ImageRow.id))
             return [(join_path(root, rel), err or "") for root, rel, err in rows]
 
+    # round4-server: the query cache lives in bounded process memory, never in the catalog (a
+    # search opens no write transaction); the query_cache table stays unused in old schemas.
     def cached_queries(self, model_ref: int, keys: list[str]) -> dict[str, np.ndarray]:
-        """Cached query embeddings of a model, by key."""
-        rows = []
-        with self.Session() as s:
-            for part in chunked(keys):
-                rows += s.execute(select(QueryCacheRow.key, QueryCacheRow.vector).where(
-                    QueryCacheRow.model_ref == model_ref, QueryCacheRow.key.in_(part))).all()
-        return {key: np.frombuffer(blob, dtype=np.float32) for key, blob in rows}
+        """Cached query embeddings of a model, by key (see :mod:`searchlite.query_cache`)."""
+        return self.query_cache.get(self._cache_key(model_ref), keys)
 
     def cache_queries(self, model_ref: int, vectors: dict[str, np.ndarray], keep: int) -> bool:
-        """Remember query embeddings, keeping the ``keep`` most recent per model. A cache: skipped
-        (False) rather than waited for when a writer holds the catalog, or on a read-only library."""
-        if self.read_only:
-            log.info("read-only library: query embeddings not cached")
-            return False
-        try:
-            with self.engine.execution_options(write=True).connect() as conn:
-                raw = conn.connection.driver_connection
-                raw.execute("PRAGMA busy_timeout=100")  # before the (immediate) BEGIN: wait 0.1 s, not 30
-                now = utcnow()
-                for key, vec in vectors.items():
-                    conn.execute(QueryCacheRow.__table__.insert().prefix_with("OR REPLACE"), dict(
-                        model_ref=model_ref, key=key, vector=np.asarray(vec, np.float32).tobytes(), used_at=now))
-                conn.execute(QueryCacheRow.__table__.delete().where(
-                    QueryCacheRow.model_ref == model_ref,
-                    QueryCacheRow.key.not_in(select(QueryCacheRow.key).where(QueryCacheRow.model_ref == model_ref)
-                                             .order_by(QueryCacheRow.used_at.desc()).limit(keep))))
-                conn.commit()
-                raw.execute(f"PRAGMA busy_timeout={_busy_timeout_ms()}")
-            return True
-        except OperationalError as exc:
-            if not is_locked_error(exc):
-                raise
-            return False
+        """Remember query embeddings, keeping the ``keep`` most recent per model (in memory)."""
+        self.query_cache.put(self._cache_key(model_ref), vectors, keep)
+        return True
+
+    def _cache_key(self, model_ref: int) -> tuple:
+        """A model of this very catalog file (a library deleted and made again is another file)."""
+        if self._cache_ns is None:
+            info = os.stat(self.folder / CATALOG_FILE)
+            self._cache_ns = (str(self.folder.resolve()), info.st_dev, info.st_ino)
+        return (*self._cache_ns, model_ref)
 
     def optimize(self) -> None:
         """Refresh the query planner's statistics when the catalog has grown or shrunk by more than
@@ -651,20 +638,37 @@ def _same_file(query: str, stored: str) -> bool:
         return os.path.exists(query)
 
 
+def on_read_only_medium(folder: Path) -> bool:
+    """Whether a folder is on a medium mounted read-only (statvfs ST_RDONLY): nothing can change
+    a catalog there, the one case SQLite's ``immutable`` is true."""
+    try:
+        return bool(hasattr(os, "statvfs") and os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1))
+    except OSError:
+        return False
+
+
 def _read_only_engine(path: Path) -> Engine:
-    """An engine over SQLite's read-only open of a catalog: ``mode=ro``, and ``immutable=1`` when
-    no -wal/-shm file exists (nothing can be writing it: SQLite then needs no lock files, which a
-    read-only folder could not hold). A URI by ``creator``, so the path is escaped exactly."""
+    """An engine over SQLite's read-only open of a catalog (``mode=ro``) that sees what another
+    process writes later (a NAS share someone else indexes). Each session opens its own
+    connection, chosen when it opens: while a writer is active (a -wal/-shm file exists) a plain
+    read-only connection, which reads the WAL; when none is (no -wal: everything is in the main
+    file) or on a read-only mount, ``immutable=1``, which needs no lock files, so a reader never
+    creates any. A URI by ``creator``, so the path is escaped exactly."""
     import sqlite3
     from urllib.parse import quote
 
-    wal = any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm"))
-    uri = f"file:{quote(as_bytes(str(path)))}?mode=ro" + ("" if wal else "&immutable=1")
+    from sqlalchemy.pool import NullPool, QueuePool
+
+    base = f"file:{quote(as_bytes(str(path)))}?mode=ro"
+    frozen = on_read_only_medium(path.parent)
 
     def connect() -> sqlite3.Connection:
-        return sqlite3.connect(uri, uri=True, check_same_thread=False)
+        wal = not frozen and any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm"))
+        return sqlite3.connect(base if wal else base + "&immutable=1", uri=True, check_same_thread=False)
 
-    return create_engine(URL.create("sqlite", database=str(path)), creator=connect)
+    # round4-server: pooled (kept) connections only where nothing can change the file
+    return create_engine(URL.create("sqlite", database=str(path)), creator=connect,
+                         poolclass=QueuePool if frozen else NullPool)
 
 
 #: Values per SQL ``IN (...)`` list: each is a host parameter, and SQLite builds before 3.32 (and

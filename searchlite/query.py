@@ -8,9 +8,8 @@ stored per model; until then the zoo family's documented fallback centre (``cent
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session
 from searchlite.catalog import Catalog, ImageRow, ModelRow, Root, VectorRow, join_path
 from searchlite.errors import QueryError
 from searchlite.imaging import format_names, format_taken
+from searchlite.paths import as_bytes
 from searchlite.store import ModelIndex
 
 SORTS = ("relevance", "date")
@@ -57,32 +57,16 @@ def parse_date(value: str, end: bool = False, name: str = "date") -> datetime:
     date-time as given, or a date alone meaning that whole day: its first instant, or with
     ``end`` (``before``) its last one, 23:59:59.999999, so ``before <= it`` is exactly ``before the
     next day 00:00`` (capture times are stored to the microsecond). Bad input is a QueryError."""
-    value = value.strip()
-    try:
-        day = date.fromisoformat(value)
-    except ValueError:
-        day = None
-    if day is not None:
-        first = datetime.combine(day, time())
-        return first + timedelta(days=1) - timedelta(microseconds=1) if end else first
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise QueryError(f"{name} must be a date (YYYY-MM-DD, or YYYY-MM-DDTHH:MM[:SS]), got {value!r}") from exc
+    from searchlite.params import parse_when
+
+    return parse_when(value, end=end, name=name)
 
 
 def check_template(template: str | None) -> str | None:
-    """A prompt template must contain exactly one '{}' and no other replacement field."""
-    if template is None:
-        return None
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        raise QueryError(f"bad template {template!r}: {exc} (use '{{}}' where the query goes, '{{{{' for a brace)") from exc
-    if fields != [""]:
-        raise QueryError(f"bad template {template!r}: it needs exactly one '{{}}' where the query goes "
-                         f"(e.g. \"a photo of {{}}.\")")
-    return template
+    """A prompt template must contain exactly one bare '{}' (see :func:`searchlite.params.check_template`)."""
+    from searchlite.params import check_template as check
+
+    return check(template)
 
 
 @dataclass
@@ -105,39 +89,10 @@ class Filters:
 
     @classmethod
     def from_json(cls, data: dict | None) -> Filters:
-        """Parse and validate (types, ranges) a filters object from a request."""
-        data = data or {}
-        if not isinstance(data, dict):
-            raise QueryError("filters must be an object")
-        unknown = set(data) - {"glob", "folder", "after", "before", "min_width", "min_height", "formats"}
-        if unknown:
-            raise QueryError(f"unknown filter {sorted(unknown)[0]!r}")
+        """Parse and validate a filters object from a request (:func:`searchlite.params.check_filters`)."""
+        from searchlite.params import check_filters
 
-        def text(key: str) -> str | None:
-            value = data.get(key)
-            if value is not None and not isinstance(value, str):
-                raise QueryError(f"filter {key} must be a string")
-            return value or None
-
-        def when(key: str) -> datetime | None:
-            value = text(key)
-            return parse_date(value, end=key == "before", name=f"filter {key}") if value else None
-
-        def size(key: str) -> int | None:
-            value = data.get(key)
-            if value is None:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise QueryError(f"filter {key} must be a positive integer")
-            return value
-
-        formats = data.get("formats") or []
-        if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
-            raise QueryError("filter formats must be a list of strings")
-        folder = text("folder")
-        return cls(glob=text("glob"), folder=Path(folder) if folder else None, after=when("after"),
-                   before=when("before"), min_width=size("min_width"), min_height=size("min_height"),
-                   formats=tuple(formats))
+        return check_filters(data)
 
     def active(self) -> bool:
         return any([self.glob, self.folder, self.after, self.before, self.min_width, self.min_height, self.formats])
@@ -146,14 +101,13 @@ class Filters:
         """SQL conditions on images (joined with roots) equivalent to these filters."""
         conds = []
         if self.glob:
-            pattern = self.glob.replace("[!", "[^")  # fnmatch's negation in SQLite GLOB syntax
-            conds.append((Root.path + "/" + ImageRow.relpath).op("GLOB")(pattern))
+            conds.append(glob_condition(self.glob))
         if self.folder:
             conds.append(self._folder_condition(catalog))
         if self.after:
-            conds.append(ImageRow.taken_at >= self.after)
+            conds.append(time_condition(self.after, after=True))
         if self.before:
-            conds.append(ImageRow.taken_at <= self.before)
+            conds.append(time_condition(self.before, after=False))
         if self.min_width:
             conds.append(ImageRow.width >= self.min_width)
         if self.min_height:
@@ -165,6 +119,38 @@ class Filters:
     def _folder_condition(self, catalog: Catalog):
         """Inside the folder as given, or as resolved: the one rule of ``Catalog.locate_all``."""
         return catalog.folder_condition(self.folder)
+
+
+def glob_condition(glob: str):
+    """Paths matching a shell pattern; a pattern with bytes that are not UTF-8 (surrogate-escaped,
+    as from the command line) is matched byte for byte against names stored as bytes."""
+    from sqlalchemy import String, cast, literal
+    from sqlalchemy.types import LargeBinary
+
+    pattern = glob.replace("[!", "[^")  # fnmatch's negation in SQLite GLOB syntax
+    try:
+        pattern.encode("utf-8")
+        bound = literal(pattern, String)
+    except UnicodeEncodeError:
+        bound = cast(literal(as_bytes(pattern), LargeBinary), String)
+    return (Root.path + "/" + ImageRow.relpath).op("GLOB")(bound)
+
+
+def time_condition(when: datetime, *, after: bool):
+    """Capture times on/after (or on/before) ``when``. A time with a UTC offset is an instant:
+    compared as such with the photos that record their offset, and as the wall-clock time it names
+    with those that do not; a time without one is wall-clock time, as capture times are."""
+    from sqlalchemy import and_, or_
+
+    wall = when.replace(tzinfo=None)
+    plain = ImageRow.taken_at >= wall if after else ImageRow.taken_at <= wall
+    if when.tzinfo is None or when.utcoffset() is None:
+        return plain
+    utc = (when - when.utcoffset()).replace(tzinfo=None).isoformat(sep=" ")
+    instant = func.julianday(ImageRow.taken_at) - ImageRow.taken_offset / 1440.0
+    bound = func.julianday(utc)
+    return or_(and_(ImageRow.taken_offset.is_(None), plain),
+               and_(ImageRow.taken_offset.is_not(None), instant >= bound if after else instant <= bound))
 
 
 @dataclass

@@ -4,9 +4,11 @@ importing torch and loading a model.
 
 The socket lives in the library folder, or (paths too long for a Unix socket) in a per-user
 runtime folder with mode 0700; the client talks only to a socket owned by its own user. One JSON
-line each way per connection; every field is validated; a client that stalls is dropped after
-REQUEST_TIMEOUT seconds without holding up others (connections are accepted on threads, library
-calls run one at a time). The CLI silently falls back to in-process search when no server answers.
+line each way per connection; every field is validated by :mod:`searchlite.params` (as the CLI's
+and HTTP's); a client that stalls is dropped after REQUEST_TIMEOUT seconds without holding up
+others (connections are accepted on threads; requests on one model take turns, see
+:mod:`searchlite.service`, which owns this server). The CLI silently falls back to in-process
+search when no server answers.
 """
 
 from __future__ import annotations
@@ -15,13 +17,10 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import socket
 import socketserver
 import stat
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ log = logging.getLogger(__name__)
 COMMANDS = ("search", "similar", "ping")
 REQUEST_TIMEOUT = 10.0
 MAX_REQUEST = 1 << 20
-MAX_K = 10_000
 
 
 def runtime_dir() -> Path:
@@ -93,24 +91,20 @@ def request(library: Path, command: str, args: dict[str, Any], timeout: float = 
         return None
 
 
-def _typed(args: dict, key: str, kind: type | tuple, default: Any = None, *, low: float | None = None,
-           high: float | None = None) -> Any:
+def _typed(args: dict, key: str, kind: type | tuple, default: Any = None) -> Any:
     value = args.get(key, default)
     if value is None:
         return default
-    if isinstance(value, bool) and kind is not bool:
-        raise QueryError(f"{key} must be {getattr(kind, '__name__', 'a number')}")
-    if not isinstance(value, kind):
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
         raise QueryError(f"{key} has the wrong type")
-    if low is not None and value < low or high is not None and value > high:
-        raise QueryError(f"{key} must be between {low} and {high}")
     return value
 
 
 def parse_request(message: Any) -> tuple[str, dict]:
-    """Validate a request: (command, keyword arguments for the Library call)."""
-    from searchlite import Filters
-    from searchlite.query import SORTS, check_template
+    """Validate a request: (command, keyword arguments for the Library call), by the one
+    validation of :mod:`searchlite.params`."""
+    from searchlite import params
+    from searchlite.query import SORTS
 
     if not isinstance(message, dict):
         raise QueryError("a request must be a JSON object")
@@ -127,63 +121,75 @@ def parse_request(message: Any) -> tuple[str, dict]:
         raise QueryError(f"unknown argument {sorted(unknown)[0]!r} for {command}")
     if command == "ping":
         return command, {}
+    for key in ("k", "offset"):  # JSON numbers only (the CLI sends ints); the range is params'
+        if isinstance(args.get(key), str | float):
+            raise QueryError(f"{key} has the wrong type")
     out: dict[str, Any] = {
-        "model": _typed(args, "model", str),
-        "k": _typed(args, "k", int, 20, low=1, high=MAX_K),
-        "offset": _typed(args, "offset", int, 0, low=0, high=10 * MAX_K),
-        "min_prob": _typed(args, "min_prob", (int, float), low=0.0, high=1.0),
+        "model": params.check_text(_typed(args, "model", str), "model"),
+        "k": params.check_k(args.get("k", 20)),
+        "offset": params.check_offset(args.get("offset")),
+        "min_prob": params.check_min_prob(args.get("min_prob")),
         "sort": _typed(args, "sort", str, "relevance"),
-        "filters": Filters.from_json(args.get("filters")),
+        "filters": params.check_filters(args.get("filters")),
     }
     if out["sort"] not in SORTS:
         raise QueryError(f"sort must be one of {', '.join(SORTS)}")
     if command == "search":
-        text = _typed(args, "text", str)
-        if not text or not text.strip() or len(text) > 2000:
-            raise QueryError("text must be a non-empty string of at most 2000 characters")
-        cwd = _typed(args, "cwd", str)
+        text = params.check_text(_typed(args, "text", str), "text", required=True)
+        cwd = params.check_text(_typed(args, "cwd", str), "cwd", limit=4096)
         if cwd is not None and not (os.path.isabs(cwd) and os.path.isdir(cwd)):
             raise QueryError("cwd must be an absolute folder")
-        out.update(text=text, template=check_template(_typed(args, "template", str)),
-                   ensemble=_typed(args, "ensemble", bool, False), cwd=cwd, lang=_typed(args, "lang", str))
+        out.update(text=text, template=params.check_template(_typed(args, "template", str)),
+                   ensemble=_typed(args, "ensemble", bool, False), cwd=cwd,
+                   lang=params.check_text(_typed(args, "lang", str), "lang", limit=16))
     else:
-        image = _typed(args, "image", str)
+        image = params.check_text(_typed(args, "image", str), "image", limit=4096)
         if not image or not os.path.isabs(image):
             raise QueryError("image must be an absolute path")
         out["image"] = image
     return command, out
 
 
+def _model_refs(lib, command: str, args: dict) -> list[int]:
+    """The models a request reads (their locks serialise what is not thread-safe per model)."""
+    return [lib.model_row(args.get("model")).id] if command in ("search", "similar") else []
+
+
 def handle(lib, message: Any) -> dict:
-    """Answer one request (a dict) with a JSON-able dict; never raises for bad input."""
+    """Answer one request (a dict) with a JSON-able dict; never raises for bad input. Runs without
+    the library lock: only the locks of the model it reads (see :mod:`searchlite.service`)."""
+    from searchlite.service import models_locked
+
     try:
         command, args = parse_request(message)
         if command == "ping":
             return {"ok": True, "library": str(lib.path), "pid": os.getpid()}
-        if command == "search":
-            results = lib.search(args.pop("text"), **args)
-        else:
-            results = lib.similar(args.pop("image"), **args)
+        with models_locked(lib, _model_refs(lib, command, args)):
+            if command == "search":
+                results = lib.search(args.pop("text"), **args)
+            else:
+                results = lib.similar(args.pop("image"), **args)
     except SearchliteError as exc:
         return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
     return {"ok": True, "results": [r.as_dict() for r in results]}
 
 
-def serve(lib, models: list[str], on_ready: Callable[[socketserver.BaseServer], None] | None = None,
-          idle_timeout: float | None = None) -> None:
-    """Load the models and their indexes, then answer requests until interrupted, until
-    ``idle_timeout`` seconds pass without a request, or until ``server.shutdown()`` on the server
-    passed to ``on_ready``."""
+def preload(lib, models: list[str]) -> None:
+    """Load the models (their query text towers) and their indexes before the first request."""
     for spec in models or [m.spec for m in lib.catalog.models(indexed_only=True)]:
         row = lib.model_row(spec)
         lib.text_encoder(row)  # the light ONNX tower when exported, else the torch model
         lib.model_index(row)
         log.info("loaded %s", row.spec)
+
+
+def open_socket_server(lib, activity: Any = None) -> socketserver.ThreadingUnixStreamServer:
+    """The library's socket server, bound (mode 0600) and not yet serving; ``activity.touch()``
+    is called on every request but a ping. A LibraryError when another server answers there."""
     path = socket_path(lib.path)
     if request(lib.path, "ping", {}, timeout=2.0) is not None:
         raise LibraryError(f"a searchlite server already answers on {path}")
     path.unlink(missing_ok=True)
-    last_request = [time.monotonic()]
 
     class Handler(socketserver.StreamRequestHandler):
         timeout = REQUEST_TIMEOUT  # a stalled client is dropped; others are served meanwhile
@@ -194,43 +200,48 @@ def serve(lib, models: list[str], on_ready: Callable[[socketserver.BaseServer], 
                 message = json.loads(line) if len(line) <= MAX_REQUEST else None
             except (OSError, ValueError):
                 return
-            with lib.lock:  # one library call at a time (shared with the HTTP front end)
-                if not (isinstance(message, dict) and message.get("command") == "ping"):
-                    last_request[0] = time.monotonic()  # a ping asks whether a server runs: it is not use
-                try:
-                    reply = handle(lib, message)
-                except Exception as exc:  # noqa: BLE001 - a bad request must not stop the server
-                    log.exception("request failed")
-                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+            if activity is not None and not (isinstance(message, dict) and message.get("command") == "ping"):
+                activity.touch()  # a ping asks whether a server runs: it is not use
+            try:
+                reply = handle(lib, message)
+            except Exception as exc:  # noqa: BLE001 - a bad request must not stop the server
+                log.exception("request failed")
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
             try:
                 self.wfile.write(json.dumps(reply).encode() + b"\n")
             except OSError:
                 pass
 
-    def stop(_signum, _frame):
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)  # `kill` stops it as cleanly as Ctrl-C (the socket is removed)
     old_umask = os.umask(0o177)  # the socket is created 0600: only this user can connect
     try:
         server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
     finally:
         os.umask(old_umask)
     server.daemon_threads = True
+    server.socket_file = path
+    return server
 
-    def exit_when_idle() -> None:
-        while time.monotonic() - last_request[0] < idle_timeout:
-            time.sleep(min(1.0, idle_timeout / 10))
-        log.info("no request for %.0f s: stopping", idle_timeout)
-        server.shutdown()
 
-    with server:
-        if idle_timeout:
-            threading.Thread(target=exit_when_idle, daemon=True).start()
+def close_socket_server(server: socketserver.BaseServer) -> None:
+    """Stop a serving socket server, close it and remove its socket file."""
+    server.shutdown()  # returns at once when serve_forever has already stopped
+    server.server_close()
+    Path(server.socket_file).unlink(missing_ok=True)
+
+
+def serve(lib, models: list[str], on_ready: Callable[[socketserver.BaseServer], None] | None = None,
+          idle_timeout: float | None = None) -> None:
+    """Load the models and their indexes, then answer socket requests until interrupted, until
+    ``idle_timeout`` seconds pass without a request, or until ``server.shutdown()`` on the server
+    passed to ``on_ready`` (see :class:`searchlite.service.Service`, which this runs)."""
+    from searchlite.service import Service
+
+    service = Service(lib, models, idle_timeout=idle_timeout)
+
+    def ready(svc: Service) -> None:
+        shutdown = svc.socket_server.shutdown
+        svc.socket_server.shutdown = lambda: (svc.stop(), shutdown())  # stopping the socket stops the service
         if on_ready is not None:
-            on_ready(server)
-        try:
-            server.serve_forever()
-        finally:
-            path.unlink(missing_ok=True)
+            on_ready(svc.socket_server)
+
+    service.run(ready)

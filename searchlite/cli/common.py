@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -214,24 +213,18 @@ class Progress:
 
 
 def parse_filters(folder: Path | None, glob: str | None, after: str | None, before: str | None,
-             min_width: int | None, min_height: int | None, fmt: list[str] | None):
-    """The filter options as Filters; a bad date is a usage error. A date without a time is the
-    whole day (``--before 2026-12-01`` includes Dec 1), see :func:`searchlite.query.parse_date`."""
-    from searchlite import Filters, QueryError
-    from searchlite.query import parse_date
+                  min_width: int | None, min_height: int | None, fmt: list[str] | None):
+    """The filter options as Filters, checked by :mod:`searchlite.params` (as the socket server and
+    HTTP check theirs): a bad value is a one-line usage error (exit 2). A date without a time is
+    the whole day (``--before 2026-12-01`` includes Dec 1); a UTC offset given is kept."""
+    from searchlite import Filters, params
 
-    def date(s: str | None, option: str) -> datetime | None:
-        if not s:
-            return None
-        try:
-            return parse_date(s, end=option == "--before", name=option)
-        except QueryError as exc:
-            raise typer.BadParameter(f"not a date: {s!r} (e.g. 2023-07-01 or 2023-07-01T18:30)",
-                                     param_hint=option) from exc
-
-    return Filters(glob=glob, folder=Path(os.path.abspath(folder.expanduser())) if folder else None, after=date(after, "--after"),
-                   before=date(before, "--before"), min_width=min_width, min_height=min_height,
-                   formats=tuple(fmt or ()))
+    return Filters(glob=params.check_text(glob, "--glob", limit=4096),
+                   folder=Path(os.path.abspath(folder.expanduser())) if folder else None,
+                   after=params.parse_when(after, name="--after"),
+                   before=params.parse_when(before, end=True, name="--before"),
+                   min_width=params.check_size(min_width, "--min-width"),
+                   min_height=params.check_size(min_height, "--min-height"), formats=params.check_formats(fmt, "--format"))
 
 
 FolderOpt = Annotated[Path | None, typer.Option("--folder", help="Only images under this folder.")]

@@ -124,9 +124,10 @@ def search(
     as_json: JsonOpt = False,
 ) -> None:
     """Text-to-image search (optionally re-ranked by a second model)."""
-    from searchlite.query import check_template
+    from searchlite import params
 
-    check_template(template)
+    template, min_prob = params.check_template(template, "--template"), params.check_min_prob(min_prob, "--min-prob")
+    k = params.check_k(k, "--top")
     filters = parse_filters(folder, glob, after, before, min_width, min_height, fmt)
     if not rerank:
         served = remote(library, "search", {"text": text, "model": model, "k": k, "template": template,
@@ -161,6 +162,9 @@ def compare(
     as_json: JsonOpt = False,
 ) -> None:
     """Side-by-side top-k of several models, with where they agree (filters as in `search`)."""
+    from searchlite import params
+
+    template, k = params.check_template(template, "--template"), params.check_k(k, "--top")
     specs = [m.strip() for m in models.split(",") if m.strip()]
     filters = parse_filters(folder, glob, after, before, min_width, min_height, fmt)
     out = open_library(library, device).compare(text, specs, k, candidates=candidates, shared_pool=shared,
@@ -192,6 +196,9 @@ def similar(
     as_json: JsonOpt = False,
 ) -> None:
     """Image-to-image search."""
+    from searchlite import params
+
+    min_prob, k = params.check_min_prob(min_prob, "--min-prob"), params.check_k(k, "--top")
     filters = parse_filters(folder, glob, after, before, min_width, min_height, fmt)
     results = remote(library, "similar", {"image": os.path.abspath(image.expanduser()), "model": model, "k": k,
                                            "min_prob": min_prob, "filters": filters.to_json()}, start=serve)
@@ -222,10 +229,8 @@ def serve(
     library: LibraryOpt = None,
 ) -> None:
     """Keep models loaded and answer `search` / `similar` instantly; with --http, also the web page (Ctrl-C stops)."""
-    import threading
-
-    from searchlite.server import serve as run_server
     from searchlite.server import socket_path
+    from searchlite.service import Service
 
     bind = None
     if http:
@@ -244,28 +249,23 @@ def serve(
 
             token = secrets.token_urlsafe(32)
     lib = open_library(library, device, precision=precision, resident=True)
-    print(f"serving {lib.path} on {socket_path(lib.path)} (Ctrl-C to stop)", flush=True)
-    from searchlite.watch import start_watching
+    if watch:
+        lib.catalog.require_writable("serve --watch")
+    service = Service(lib, model or [], http=bind, token=token, allow_hosts=allow_host or (),
+                      idle_timeout=idle_timeout, watch=watch, rescan_every=rescan_every)
 
-    watcher = start_watching(lib, [r for r in lib.catalog.roots().values() if "://" not in r and Path(r).is_dir()],
-                             rescan_every=rescan_every or None) if watch else None
-    if watcher is not None:
-        print(f"watching {', '.join(watcher.roots) or 'no folders'}", flush=True)
+    def ready(svc: Service) -> None:
+        print(f"serving {lib.path} on {socket_path(lib.path)} (Ctrl-C to stop)", flush=True)
+        if svc.watcher is not None:
+            print(f"watching {', '.join(svc.watcher.roots) or 'no folders'}", flush=True)
+        if bind is not None:
+            host = f"[{bind[0]}]" if ":" in bind[0] else bind[0]
+            print(f"web page on http://{host}:{bind[1]}/" + (f"?token={token}" if token else ""), flush=True)
+
     try:
-        if bind is None:
-            run_server(lib, model or [], idle_timeout=idle_timeout)
-            return
-        from searchlite.web.run import serve_http
-
-        threading.Thread(target=run_server, args=(lib, model or []), daemon=True).start()
-        host = f"[{bind[0]}]" if ":" in bind[0] else bind[0]
-        print(f"web page on http://{host}:{bind[1]}/" + (f"?token={token}" if token else ""), flush=True)
-        serve_http(lib, bind[0], bind[1], token, allow_hosts=allow_host or (), models=model or ())
+        service.run(ready)
     except KeyboardInterrupt:
         print("stopped")
-    finally:
-        if watcher is not None:
-            watcher.stop()
 
 
 @app.command()

@@ -16,6 +16,7 @@ saved with transformers' defaults emits a mask, and then the tower gets it too.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,9 @@ class HFEmbedder(TorchEmbedder):
 
             hf_logging.disable_progress_bar()
             hf_logging.set_verbosity_error()  # config chatter; real load failures raise below
+            # the SigLIP/T5 tokenizers warn "This sequence already has </s>" when a text (the precision
+            # probes, a query) ends in the end token they then do not add again: expected, not news
+            warnings.filterwarnings("ignore", message=r"This sequence already has ", category=UserWarning)
         except ImportError as exc:  # pragma: no cover - dependency missing
             raise ModelLoadError(f"transformers is not installed: {exc}") from exc
 

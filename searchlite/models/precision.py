@@ -140,7 +140,9 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision == "auto":
         forced = os.environ.get("SEARCHLITE_PRECISION", "").strip().lower()
         if forced and forced != "auto":
-            return resolve_precision(check_precision(forced), device)
+            if forced not in PRECISIONS:
+                raise ModelLoadError(f"$SEARCHLITE_PRECISION must be one of {', '.join(PRECISIONS)}, got {forced!r}")
+            return resolve_precision(forced, device)
     if device.startswith("cuda"):
         import torch
 

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import re
+import threading
+from collections.abc import Callable
 from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
@@ -36,14 +39,15 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from searchlite import Filters, QueryError, SearchliteError, SearchResult
+from searchlite import Filters, QueryError, SearchliteError, SearchResult, params
 from searchlite.paths import printable
+from searchlite.service import indexed_refs, models_locked
 from searchlite.thumbnails import NotServable, servable_path, thumbnail
 from searchlite.web import HostCheck
 
 log = logging.getLogger(__name__)
 
-MAX_K = 200
+MAX_K = params.MAX_K
 MAX_UPLOAD = 50 << 20
 #: the most a request body may be: one upload plus the multipart envelope and form fields
 MAX_BODY = MAX_UPLOAD + (1 << 20)
@@ -51,13 +55,14 @@ MAX_BODY = MAX_UPLOAD + (1 << 20)
 UPLOAD_MAX_PIXELS = 40_000_000
 STATIC = resources.files("searchlite.web") / "static"
 
-K = Annotated[int, Query(ge=1, le=MAX_K)]
-Offset = Annotated[int, Query(ge=0, le=100_000)]
-Prob = Annotated[float | None, Query(ge=0.0, le=1.0)]
-Text = Annotated[str | None, Query(max_length=2000)]
-Size = Annotated[int | None, Query(ge=1, le=1_000_000)]
-FormText = Annotated[str | None, Form(max_length=2000)]
-FormSize = Annotated[int | None, Form(ge=1, le=1_000_000)]
+# types only: ranges and forms are checked by searchlite.params, as for the CLI and the socket
+K = Annotated[int, Query()]
+Offset = Annotated[int, Query()]
+Prob = Annotated[float | None, Query()]
+Text = Annotated[str | None, Query()]
+Size = Annotated[int | None, Query()]
+FormText = Annotated[str | None, Form()]
+FormSize = Annotated[int | None, Form()]
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -82,13 +87,17 @@ def _same(offered: str, token: str) -> bool:
 class Guard:
     """Pure ASGI middleware: Host, cross-site, token and body-size checks before the app runs."""
 
-    def __init__(self, app: ASGIApp, hosts: HostCheck, token: str | None, max_body: int = MAX_BODY) -> None:
+    def __init__(self, app: ASGIApp, hosts: HostCheck, token: str | None, max_body: int = MAX_BODY,
+                 activity: Callable[[], None] | None = None) -> None:
         self.app, self.hosts, self.token, self.max_body = app, hosts, token, max_body
+        self.activity = activity
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.activity is not None:
+            self.activity()  # any request is use (the idle timer of `serve --idle-timeout`)
         request = Request(scope)
         refusal = self.refusal(request)
         if refusal is not None:
@@ -166,20 +175,13 @@ class Guard:
         return None
 
 
-def _formats(values: list[str] | None) -> list[str]:
-    out = [f.strip() for value in values or [] for f in value.split(",") if f.strip()]
-    if len(out) > 50 or any(len(f) > 16 for f in out):
-        raise QueryError("format takes up to 50 format names (JPEG, PNG, ...)")
-    return out
-
-
 def make_filters(folder: str | None = None, glob: str | None = None, after: str | None = None,
                  before: str | None = None, min_width: int | None = None, min_height: int | None = None,
                  formats: list[str] | None = None) -> Filters:
-    """The filters of a request, parsed exactly as the CLI's and the socket server's."""
-    return Filters.from_json({"folder": folder or None, "glob": glob or None, "after": after or None,
-                              "before": before or None, "min_width": min_width, "min_height": min_height,
-                              "formats": _formats(formats)})
+    """The filters of a request, validated exactly as the CLI's and the socket server's."""
+    return params.check_filters({"folder": folder or None, "glob": glob or None, "after": after or None,
+                                 "before": before or None, "min_width": min_width, "min_height": min_height,
+                                 "formats": formats})
 
 
 def query_filters(folder: Text = None, glob: Text = None, after: Text = None, before: Text = None,
@@ -226,16 +228,22 @@ def _result(r: SearchResult) -> dict:
 
 def create_app(lib: Any, token: str | None = None, *, bound_host: str | None = None,
                allow_hosts: tuple[str, ...] | list[str] = (), models: tuple[str, ...] | list[str] = (),
-               max_body: int = MAX_BODY) -> FastAPI:
+               max_body: int = MAX_BODY, activity: Callable[[], None] | None = None) -> FastAPI:
     """The ASGI app over a Library (shared with the Unix-socket service through ``lib.lock``).
 
     ``bound_host`` and ``allow_hosts`` decide the Host names answered (loopback ones always);
-    ``models`` are the server's ``--model`` models, accepted besides the library's own."""
+    ``models`` are the server's ``--model`` models, accepted besides the library's own;
+    ``activity`` is called on every request (the idle timer). Read endpoints hold no library-wide
+    lock: only the locks of the models they read (:func:`searchlite.service.models_locked`);
+    thumbnails and images hold none."""
     app = FastAPI(title="searchlite", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
-    app.add_middleware(Guard, hosts=HostCheck(bound_host, allow_hosts), token=token, max_body=max_body)
+    app.add_middleware(Guard, hosts=HostCheck(bound_host, allow_hosts), token=token, max_body=max_body,
+                       activity=activity)
     preload = tuple(m.strip() for m in models if m.strip())
+    decodes = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
 
     def known(spec: str | None) -> str | None:
+        spec = params.check_text(spec, "model")
         if spec is None or not spec.strip():
             return None
         allowed = allowed_models(lib, preload)
@@ -273,36 +281,42 @@ def create_app(lib: Any, token: str | None = None, *, bound_host: str | None = N
                offset: Offset = 0, model: Text = None, template: Text = None, min_prob: Prob = None,
                sort: Annotated[str, Query(pattern="^(relevance|date)$")] = "relevance",
                lang: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Za-z_]+$")] = None) -> dict:
-        with lib.lock:
-            results = lib.search(q, known(model), k, offset=offset, template=template, min_prob=min_prob, sort=sort,
+        q = params.check_text(q, "q", required=True)
+        k, offset, min_prob = params.check_k(k), params.check_offset(offset), params.check_min_prob(min_prob)
+        template, spec = params.check_template(template), known(model)
+        with models_locked(lib, [lib.model_row(spec).id]):
+            results = lib.search(q, spec, k, offset=offset, template=template, min_prob=min_prob, sort=sort,
                                  filters=filters, files=False, lang=lang)
         return _page(results, k, offset)
 
     @app.get("/api/similar")
     def similar(id: int, filters: QueryFilters, k: K = 20, offset: Offset = 0, model: Text = None,  # noqa: A002
                 min_prob: Prob = None) -> dict:
-        with lib.lock:
-            results = lib.similar(id, known(model), k, offset=offset, min_prob=min_prob, filters=filters)
+        image_id, spec = params.check_image_id(id), known(model)
+        k, offset, min_prob = params.check_k(k), params.check_offset(offset), params.check_min_prob(min_prob)
+        with models_locked(lib, [lib.model_row(spec).id]):
+            results = lib.similar(image_id, spec, k, offset=offset, min_prob=min_prob, filters=filters)
         return _page(results, k, offset)
 
     @app.post("/api/similar")
     def similar_upload(file: Annotated[UploadFile, File()], filters: FormFilters,
-                       k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
-                       offset: Annotated[int, Form(ge=0, le=100_000)] = 0, model: FormText = None,
-                       min_prob: Annotated[float | None, Form(ge=0.0, le=1.0)] = None) -> dict:
+                       k: Annotated[int, Form()] = 20, offset: Annotated[int, Form()] = 0,
+                       model: FormText = None, min_prob: Annotated[float | None, Form()] = None) -> dict:
         from searchlite.imaging import load_image
 
+        k, offset, min_prob = params.check_k(k), params.check_offset(offset), params.check_min_prob(min_prob)
         data = file.file.read(MAX_UPLOAD + 1)
         if len(data) > MAX_UPLOAD:
             raise StarletteHTTPException(413, f"the upload is larger than {MAX_UPLOAD >> 20} MB")
         spec = known(model)
-        with lib.lock:
-            emb = lib.embedder_for(lib.model_row(spec))
+        row = lib.model_row(spec)
+        with models_locked(lib, [row.id]):
+            emb = lib.embedder_for(row)
         try:  # decoded outside the library lock; the pixel limit is checked from the header first
             image = load_image(data, target_size=emb.image_size, max_pixels=UPLOAD_MAX_PIXELS).image
         except Exception as exc:
             raise QueryError(f"cannot read the query image: {exc}") from exc
-        with lib.lock:
+        with models_locked(lib, [row.id]):
             vector = emb.embed_images([image])[0]
             results = lib.similar(vector, spec, k, offset=offset, min_prob=min_prob, filters=filters)
         return _page(results, k, offset)
@@ -315,31 +329,33 @@ def create_app(lib: Any, token: str | None = None, *, bound_host: str | None = N
         if not 1 <= len(specs) <= 4:
             raise QueryError("models takes one to four comma-separated models")
         specs = [known(s) for s in specs]
-        with lib.lock:
+        q, k = params.check_text(q, "q", required=True), params.check_k(k)
+        with models_locked(lib, indexed_refs(lib)):
             out = lib.compare(q, specs, k, files=False, filters=filters)
         return {spec: [_result(r) for r in res] for spec, res in out.items()}
 
     @app.get("/api/scores")
     def scores(id: int, q: Annotated[str, Query(min_length=1, max_length=2000)]) -> dict:  # noqa: A002
         """Each indexed model's score of one image for a query (the page's detail view)."""
-        with lib.lock:
-            return lib.scores(q, id)
+        image_id, q = params.check_image_id(id), params.check_text(q, "q", required=True)
+        with models_locked(lib, indexed_refs(lib)):
+            return lib.scores(q, image_id)
 
     @app.get("/api/thumbnail/{image_id}")
     def get_thumbnail(image_id: int, size: Annotated[int, Query(ge=16, le=1024)] = 256) -> FileResponse:
-        with lib.lock:
+        image_id = params.check_image_id(image_id, "image id")
+        with decodes:  # no library lock: thumbnails decode in parallel, as many at once as there are cores
             path = thumbnail(lib, image_id, size)
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/image/{image_id}")
     def get_image(image_id: int) -> FileResponse:
-        with lib.lock:
-            _, real = servable_path(lib, image_id)
+        _, real = servable_path(lib, params.check_image_id(image_id, "image id"))
         return FileResponse(real, headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/status")
     def status() -> dict:
-        with lib.lock:
+        with models_locked(lib, indexed_refs(lib)):  # each model's index view catches up
             info = lib.status()
         info["roots"] = [printable(root) for root in info.get("roots", [])]
         return info
@@ -350,8 +366,9 @@ def create_app(lib: Any, token: str | None = None, *, bound_host: str | None = N
                    k: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Offset = 0) -> dict:
         """Duplicate groups (read-only: nothing is moved or deleted from the page), largest first,
         ``k`` groups from ``offset``; members carry ids for their thumbnails, never a served path."""
-        with lib.lock:
-            groups, _ = lib.duplicates(known(model), threshold, filters=filters)
+        spec = known(model)
+        with models_locked(lib, [lib.model_row(spec).id]):
+            groups, _ = lib.duplicates(spec, threshold, filters=filters)
         page = groups[offset:offset + k]
         return {"groups": [{"keep": printable(g.keep), "members": [
                     {**m.as_dict(), "path": printable(m.path), "id": m.image_id, "keep": m.path == g.keep,

@@ -148,10 +148,11 @@ class Library:
               raw_pairs: str = "prefer-jpeg", progress: Callable[[int, int], None] | None = None,
               engine: str = "local", ray_address: str | None = None, gpus_per_worker: float = 1.0,
               shards: str | Path | None = None, exclude: Sequence[str] | None = None,
-              default_excludes: bool | None = None) -> IndexStats:
+              default_excludes: bool | None = None, ocr: bool | None = None) -> IndexStats:
         """Incrementally index folders (or URIs) with one or more models (default: the models that
         have indexed this library, else the default model). ``engine="ray"`` runs decoding and
-        embedding on Ray Data (``workers`` = model actors there)."""
+        embedding on Ray Data (``workers`` = model actors there). ``ocr`` reads the text in photos
+        (True/False is kept with the library; None: the library's setting, off by default)."""
         self.catalog.require_writable("index")
         if engine not in ("local", "ray"):
             raise QueryError(f"unknown engine {engine!r}; choose local or ray")
@@ -164,8 +165,12 @@ class Library:
             specs = [row.spec for row in rows] or [DEFAULT_MODEL]
         loaded = [(spec, self.embedder(spec)) for spec in specs]
         pairs = [(self.register(spec, emb, indexed=True, index_type=index_type), emb) for spec, emb in loaded]
+        from searchlite.indexer.textstage import TextStage, resolve_ocr  # round4-text
+
+        text = TextStage(ocr=resolve_ocr(self.catalog, ocr))
         common = dict(batch_size=self.batch_size, draft=draft, include_hidden=include_hidden, raw_pairs=raw_pairs,
-                      excludes=exclude, default_excludes=default_excludes)  # None: the rules stored with each root
+                      excludes=exclude, default_excludes=default_excludes,  # None: the rules stored with each root
+                      text=text)
         if engine == "ray":
             from searchlite.indexer.ray_engine import RayIndexer
 
@@ -192,7 +197,12 @@ class Library:
         with library_lock(self.path, "reindex"):
             row = self.catalog.update_model(row.id, index_type=index_type)
             writer = VectorWriter(self.catalog, [row])
-            return SegmentBuilder(self.catalog, row, writer.stores[row.id]).maintain(rebuild=True)
+            factory = SegmentBuilder(self.catalog, row, writer.stores[row.id]).maintain(rebuild=True)
+            from searchlite import textindex  # round4-text: the FTS indexes are rebuilt with the vectors
+
+            with self.catalog.WriteSession.begin() as s:
+                textindex.rebuild(s)
+            return factory
 
     def compact(self, model: str | None = None) -> dict[str, str]:
         """Fold the exact tail into segments, merge deltas and drop deleted vectors from segments."""
@@ -485,10 +495,16 @@ class Library:
                 entry.update(index=index.describe(), stale=int(len(index.snap.tombstones)))
             models.append(entry)
         counts["models"] = models
+        from searchlite.indexer.textstage import text_status  # round4-text
+
+        counts.update(text_status(self.catalog))
         return counts
 
     def errors(self) -> list[tuple[str, str]]:
-        return self.catalog.errors()
+        """(path, reason) of files that could not be read, then of photos whose OCR failed."""
+        from searchlite.indexer.textstage import text_errors  # round4-text
+
+        return self.catalog.errors() + text_errors(self.catalog)
 
     def image(self, image_id: int) -> tuple[Any, str] | None:
         """(catalog row, absolute path) of an image id, or None."""

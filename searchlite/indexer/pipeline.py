@@ -248,6 +248,8 @@ class Indexer:
                 made[self.models[i].id] = (getattr(emb, "precision", "fp32"), len(members))
         now = utcnow()
         roots = self.catalog.roots() if self.text is not None else {}  # round4-text
+        if self.text is not None:
+            self.text.wait(batch)
         with writer.transaction() as s:
             for d in batch:
                 row = self._apply(s, d, staged.get(d.work.image_id, []), now)

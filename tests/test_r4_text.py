@@ -215,6 +215,9 @@ def test_text_rows_follow_add_modify_move_delete_and_reindex(tmp_path, hf_siglip
     assert _stored(lib) == _expected(photos, meta)
     assert _fts(lib, "image_text_words", "grandma") == set()
     assert _fts(lib, "image_text_words", "x100v") == {"y/renamed.jpg"}
+    with lib.catalog.engine.begin() as conn:  # lose the word index: reindex must rebuild it from image_text
+        conn.execute(sql("INSERT INTO image_text_words (image_text_words) VALUES ('delete-all')"))
+    assert _fts(lib, "image_text_words", "picnic") == set()
     lib.reindex()
     with lib.catalog.engine.begin() as conn:
         integrity(conn)

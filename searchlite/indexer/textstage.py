@@ -108,7 +108,7 @@ class TextStage:
         self._engine_lock = threading.Lock()
         self._ocr_due: set[int] = set()  # scanned images not yet read by this OCR model (OCR on)
         self.timings: dict[str, float] = {"meta_s": 0.0, "ocr_gate_s": 0.0, "ocr_read_s": 0.0}
-        self.counts: dict[str, int] = {"ocr_read": 0, "ocr_with_text": 0, "ocr_failed": 0, "text_refreshed": 0}
+        self.counts: dict[str, int] = {"ocr_photos": 0, "ocr_with_text": 0, "ocr_failed": 0, "text_refreshed": 0}
 
     # -- what needs text work --------------------------------------------------------------------
     def _sidecars(self, path: str) -> list[tuple[Path, int, int]]:
@@ -120,9 +120,11 @@ class TextStage:
         return [(p, *listing[p.name.lower()][1:]) for p in found]
 
     def signature(self, path: str) -> str:
-        """What a photo's text is read from: its path and its sidecars (name, mtime, size)."""
+        """What a photo's text is read from: its path, its sidecars (name, mtime, size) and the gazetteer."""
         sidecars = [[p.name, mtime, size] for p, mtime, size in self._sidecars(path)]
-        return json.dumps({"v": TEXT_VERSION, "p": path, "x": sidecars}, ensure_ascii=False, separators=(",", ":"))
+        # "g": whether place names were available (installing the extra later fills them in)
+        return json.dumps({"v": TEXT_VERSION, "g": int(self.places), "p": path, "x": sidecars}, ensure_ascii=False,
+                          separators=(",", ":"))
 
     def read(self, path: str) -> TextJob:
         """The metadata text of one file (EXIF, XMP, IPTC, sidecars, place), without OCR."""
@@ -250,7 +252,7 @@ class TextStage:
             self.counts["ocr_failed"] += 1
             log.warning("OCR failed for %s: %s", path, exc)
             return None, f"ocr failed: {type(exc).__name__}: {exc}"
-        self.counts["ocr_read"] += 1
+        self.counts["ocr_photos"] += 1
         self.counts["ocr_with_text"] += bool(result.lines)
         self.timings["ocr_gate_s"] += result.gate_s
         self.timings["ocr_read_s"] += result.read_s

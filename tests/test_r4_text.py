@@ -286,3 +286,22 @@ def test_duplicates_move_to_rewrites_name_and_folder(tmp_path):
     rel = moved.relative_to(target)
     assert fields["folder"] == " ".join(["moved", "dups", *[p.lower() for p in rel.parts[:-1]]])
     assert fields["name"] == {"IMG_1.jpg": "img 1 jpg", "IMG_1_copy.jpg": "img 1 copy jpg"}[moved.name]
+
+
+def test_photos_indexed_before_the_text_stage_get_text_without_reembedding(tmp_path, hf_siglip):
+    photos, spec = tmp_path / "photos", f"hf:{hf_siglip}"
+    photo(photos / "trip" / "IMG_0001.jpg", 1, make="FUJIFILM", model="X100V", gps=EIFFEL)
+    photo(photos / "IMG_0002.jpg", 2, xmp=_xmp(subject=("grandma",)))
+    lib = Library(tmp_path / "lib")
+    lib.index([photos], [spec])
+    expected = _stored(lib)
+    with lib.catalog.engine.begin() as conn:  # what a library indexed by the previous release looks like
+        conn.execute(sql("DELETE FROM image_text"))
+        conn.execute(sql("UPDATE images SET text_sig = NULL, lat = NULL, lon = NULL"))
+    vectors = _vectors(lib)
+    stats = lib.index([photos], [spec])
+    assert (stats.added, stats.updated) == (0, 0) and _vectors(lib) == vectors
+    assert _stored(lib) == expected and set(expected["trip/IMG_0001.jpg"]) >= {"name", "folder", "camera", "place"}
+    assert stats.stages.get("text_refreshed", 0) == 0  # a first read, not a refresh
+    again = lib.index([photos], [spec])
+    assert again.stages == {}  # nothing left to read

@@ -259,10 +259,11 @@ class TextStage:
         return result.text or None, None
 
     def stats(self) -> dict[str, float | int | str]:
-        """For ``IndexStats.stages``."""
-        out: dict[str, float | int | str] = {k: round(v, 3) for k, v in self.timings.items()}
-        out.update(self.counts)
-        out["ocr"] = self.ocr_version or "off"
+        """For ``IndexStats.stages``: what the text stage did (nothing when it did nothing)."""
+        out: dict[str, float | int | str] = {k: round(v, 3) for k, v in self.timings.items() if v}
+        out.update({k: v for k, v in self.counts.items() if v})
+        if out and self.ocr_version:
+            out["ocr"] = self.ocr_version
         return out
 
 

@@ -305,3 +305,16 @@ def test_photos_indexed_before_the_text_stage_get_text_without_reembedding(tmp_p
     assert stats.stages.get("text_refreshed", 0) == 0  # a first read, not a refresh
     again = lib.index([photos], [spec])
     assert again.stages == {}  # nothing left to read
+
+
+def test_a_file_name_that_is_not_utf8_gets_its_words(tmp_path, hf_siglip):
+    photos = tmp_path / "photos"
+    photo(photos / "ok.jpg", 1)
+    odd = os.fsdecode(b"caf\xe9_paris.jpg")  # Latin-1 bytes: not UTF-8
+    (photos / "ok.jpg").rename(photos / odd)
+    lib = Library(tmp_path / "lib")
+    stats = lib.index([photos], [f"hf:{hf_siglip}"])
+    assert stats.added == 1 and stats.failed == 0
+    (fields,) = _stored(lib).values()
+    assert fields["name"] == "caf\\xe9 paris jpg"
+    assert lib.index([photos], [f"hf:{hf_siglip}"]).stages == {}  # its signature matches on the next run

@@ -27,6 +27,7 @@ from sqlalchemy import select
 from searchlite import textindex
 from searchlite.catalog import ImageRow, chunked, join_path
 from searchlite.metatext import MetaText, read_meta, sidecar_paths
+from searchlite.paths import printable
 from searchlite.textnorm import name_words
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ def name_fields(root: str, relpath: str) -> dict[str, str]:
     folder, _, name = rel.rpartition("/")
     root_name = os.path.basename(root.rstrip("/\\")) if "://" not in root else root.rstrip("/").rsplit("/", 1)[-1]
     folders = [root_name, *folder.split("/")]
-    return {"name": name_words(name), "folder": name_words(" ".join(p for p in folders if p))}
+    # a name that is not UTF-8 keeps its other words; its odd bytes show as \xff (printable)
+    return {"name": printable(name_words(name)), "folder": printable(name_words(" ".join(p for p in folders if p)))}
 
 
 class _Listings:
@@ -123,7 +125,8 @@ class TextStage:
         """What a photo's text is read from: its path, its sidecars (name, mtime, size) and the gazetteer."""
         sidecars = [[p.name, mtime, size] for p, mtime, size in self._sidecars(path)]
         # "g": whether place names were available (installing the extra later fills them in)
-        return json.dumps({"v": TEXT_VERSION, "g": int(self.places), "p": path, "x": sidecars}, ensure_ascii=False,
+        # ASCII JSON: a file name that is not UTF-8 (surrogate escapes) is stored as \\udcxx, never refused
+        return json.dumps({"v": TEXT_VERSION, "g": int(self.places), "p": path, "x": sidecars},
                           separators=(",", ":"))
 
     def read(self, path: str) -> TextJob:
@@ -205,7 +208,10 @@ class TextStage:
 
         for d in batch:
             if getattr(d, "text", None) is None and not d.error:  # an engine without the decode hook (Ray)
-                self.prepare(d)
+                try:
+                    self.prepare(d)
+                except Exception as exc:  # noqa: BLE001 - apply() falls back to the names alone
+                    log.warning("no text for %s: %s", d.work.path, exc)
         futures = [d.text.ocr for d in batch if getattr(d, "text", None) is not None and d.text.ocr is not None]
         if futures:
             wait(futures)
@@ -220,11 +226,12 @@ class TextStage:
             return
         job: TextJob | None = getattr(done, "text", None)
         path = join_path(roots[row.root_id], row.relpath)
-        if job is None:  # an engine without the decode hook (Ray): read here, OCR included
-            self.prepare(done)
-            job = done.text
-        if job.path != path:
-            job = self.read(path)
+        if job is None or job.path != path:  # the metadata read failed earlier, or the path differs
+            try:
+                job = self.read(path)
+            except Exception as exc:  # noqa: BLE001 - never fail the image row's transaction over its text
+                log.warning("no metadata text for %s: %s", path, exc)
+                job = TextJob(path, sig=self.signature(path))
         fields: dict[str, str | None] = dict.fromkeys(_FIELDS_NOT_OCR)
         fields.update(name_fields(roots[row.root_id], row.relpath))
         meta = job.meta or MetaText()
@@ -239,7 +246,7 @@ class TextStage:
             row.ocr_version = self.ocr_version
         elif new_content and done.moved_from is None:
             fields["ocr"], row.ocr_version, row.text_error = None, None, None  # the old content's text is gone
-        textindex.replace_fields(s, row.id, fields)
+        textindex.replace_fields(s, row.id, {k: printable(v) if v else v for k, v in fields.items()})
         if row.text_sig is not None and row.text_sig != job.sig and done.work.state == "same":
             self.counts["text_refreshed"] += 1
         row.text_sig = job.sig

@@ -205,7 +205,9 @@ def _merge(parts: list[_Xmp]) -> dict[str, str]:
 
 def read_meta(path: Path, sidecars: Iterable[Path] = ()) -> MetaText:
     """Camera, GPS, title, description and keywords of an image file and its sidecars (never raises)."""
-    from searchlite.imaging import _open  # Pillow's own bomb limit lifted for a header read
+    from searchlite.imaging import _open, _register_heif  # header reads under searchlite's own pixel limit
+
+    _register_heif()
 
     parts: list[_Xmp] = []
     for sidecar in sidecars:

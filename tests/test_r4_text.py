@@ -318,3 +318,22 @@ def test_a_file_name_that_is_not_utf8_gets_its_words(tmp_path, hf_siglip):
     (fields,) = _stored(lib).values()
     assert fields["name"] == "caf\\xe9 paris jpg"
     assert lib.index([photos], [f"hf:{hf_siglip}"]).stages == {}  # its signature matches on the next run
+
+
+def test_watch_re_reads_an_edited_sidecar(tmp_path):
+    from searchlite.watch import start_watching
+
+    root = tmp_path / "photos"
+    photo(root / "a.jpg", 1, size=(96, 72))
+    lib = Library(tmp_path / "lib", device="cpu")
+    lib.index([root], ["demo"])
+    vectors = _vectors(lib)
+    watcher = start_watching(lib, [root], ["demo"], debounce=0.4, max_delay=3.0, rescan_every=None,
+                             initial_scan=False)
+    try:
+        (root / "a.xmp").write_bytes(_xmp(subject=("grandma",)))
+        time.sleep(1.5)
+        assert watcher.wait_idle(120), watcher.errors
+    finally:
+        watcher.stop()
+    assert _fts(lib, "image_text_words", "grandma") == {"a.jpg"} and _vectors(lib) == vectors

@@ -60,3 +60,20 @@ def test_place_names_of_landmarks():
     assert {"Tokyo", "Japan", "日本"} <= set(place_text(35.6812, 139.7671).split(", "))
     assert "Deutschland" in place_text(52.5251, 13.3694)
     assert place_text(0.0, -30.0) == ""  # the open Atlantic: no town, region or country
+
+
+def test_ocr_without_the_extra_is_a_one_line_error_naming_it(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    from searchlite.catalog import Catalog
+    from searchlite.indexer.textstage import resolve_ocr
+    from searchlite.ocr import OcrUnavailable
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    catalog = Catalog(tmp_path / "lib")
+    with pytest.raises(OcrUnavailable, match=r"searchlite\[ocr\]"):
+        resolve_ocr(catalog, True)
+    assert resolve_ocr(catalog, None) is False  # the failed --ocr was not stored

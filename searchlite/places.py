@@ -5,7 +5,8 @@ A photo's place text names, most specific first: the locality (the nearest GeoNa
 :data:`CITY_RADIUS_KM`, the one nearest relative to its size: distance / sqrt(population), so the
 Eiffel Tower belongs to Paris, not to the nearer suburb Vanves nor to Boulogne-Billancourt), the
 largest city of >= 1 million within the radius (the metropolis), the region (admin1), and the country
-in English and in its main language (babel: Japan -> 日本). GeoNames data: CC BY 4.0.
+in English and in its main language (babel: Japan -> 日本), and the city in that language's script where
+GeoNames has it (Tokyo -> 東京; none for Latin-script countries). GeoNames data: CC BY 4.0.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ COUNTRY_RADIUS_KM = 150.0
 _EARTH_KM = 6371.0088
 _LOCK = threading.Lock()
 _CITIES: list = []  # [(lat radians, lon radians, population, names)] built once
+_ALTERNATES: dict[str, list[str]] = {}  # "name|country code" -> GeoNames alternate names of those cities
 
 
 class PlacesUnavailable(SearchliteError):
@@ -60,7 +62,29 @@ def _cities() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
                     if (c.get("population") or 0) >= CITY_POPULATION]
             _CITIES.append((np.radians([c["latitude"] for c in rows]), np.radians([c["longitude"] for c in rows]),
                             np.array([c["population"] for c in rows], dtype=np.float64), [c["name"] for c in rows]))
+            _ALTERNATES.update({c["name"] + "|" + c["countrycode"]: c.get("alternatenames") or [] for c in rows})
         return _CITIES[0]
+
+
+def _script(text: str) -> str | None:
+    """The one script ``text`` is written in (Han and kana count as one), None for mixed or none."""
+    import unicodedata
+
+    scripts = set()
+    for ch in text:
+        if ch.isalpha():
+            word = unicodedata.name(ch, "?").split()[0]
+            scripts.add("CJK" if word in ("HIRAGANA", "KATAKANA") else word)
+    return scripts.pop() if len(scripts) == 1 else None
+
+
+def local_city_names(city: str, code: str, local_country: str | None, keep: int = 3) -> list[str]:
+    """A city's names in the script of its country's own name (Tokyo -> 东京, 東京, 東京都), none where that
+    script is Latin (the English name already is one)."""
+    script = _script(local_country or "")
+    if script is None or script == "LATIN":
+        return []
+    return [n for n in _ALTERNATES.get(city + "|" + code, []) if _script(n) == script][:keep]
 
 
 def _distances_km(lat: float, lon: float, lats: np.ndarray, lons: np.ndarray) -> np.ndarray:
@@ -110,9 +134,13 @@ def _place(lat: float, lon: float) -> str:
     if away > COUNTRY_RADIUS_KM:  # open sea: no town, region or country to name
         return ""
     city, metro = city_of(lat, lon)
-    names = [nearest.get("city") if away <= LOCALITY_RADIUS_KM else None, city, metro, nearest.get("state")]
-    code = nearest.get("country_code")
-    names += list(country_names(code)) if code else [nearest.get("country")]
+    code = nearest.get("country_code") or ""
+    countries = list(country_names(code)) if code else [nearest.get("country")]
+    local = countries[1] if len(countries) > 1 else None
+    names = [nearest.get("city") if away <= LOCALITY_RADIUS_KM else None]
+    for big in (city, metro):
+        names += [big, *local_city_names(big, code, local)] if big else []
+    names += [nearest.get("state"), *countries]
     return ", ".join(dict.fromkeys(n for n in names if n))
 
 

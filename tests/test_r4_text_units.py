@@ -57,7 +57,8 @@ def test_place_names_of_landmarks():
 
     eiffel = place_text(48.8584, 2.2945).split(", ")
     assert "Paris" in eiffel and "France" in eiffel  # the nearest town centre is Vanves: Paris is the city
-    assert {"Tokyo", "Japan", "日本"} <= set(place_text(35.6812, 139.7671).split(", "))
+    assert {"Tokyo", "東京", "Japan", "日本"} <= set(place_text(35.6812, 139.7671).split(", "))
+    assert "Москва" in place_text(55.7558, 37.6173).split(", ")  # the city in its country's script too
     assert "Deutschland" in place_text(52.5251, 13.3694)
     assert place_text(0.0, -30.0) == ""  # the open Atlantic: no town, region or country
 

@@ -374,8 +374,12 @@ def move_duplicates(catalog: Catalog, groups: Sequence[Group], target: Path) -> 
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LibraryError(f"cannot create {target}: {exc.strerror or exc}") from exc
+    from searchlite.indexer.textstage import name_fields
+    from searchlite.textindex import replace_fields
+
     report = MoveReport()
     dest_root, prefix = resolve_root(catalog, str(target))
+    dest_path = catalog.roots()[dest_root]
     for group in groups:
         keeper = group.members[0]
         kept = {i for i in (file_identity(keeper.path),
@@ -411,6 +415,8 @@ def move_duplicates(catalog: Catalog, groups: Sequence[Group], target: Path) -> 
                 with catalog.WriteSession.begin() as s:
                     s.execute(update(ImageRow).where(ImageRow.id == m.image_id).values(
                         root_id=dest_root, relpath=relpath, companion=companion))
+                    # round4-text: the name and folder words follow the file (the rest: next index run)
+                    replace_fields(s, m.image_id, name_fields(dest_path, relpath))
             except BaseException:
                 _move_file(dst, Path(m.path))  # put it back: the catalog still says it is there
                 if src_raw is not None and dst_raw is not None and dst_raw.is_file():

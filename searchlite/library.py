@@ -25,6 +25,7 @@ from searchlite.errors import ModelLoadError, QueryError
 from searchlite.indexer import Indexer, IndexStats
 from searchlite.locking import library_lock, try_library_lock
 from searchlite.models.base import Embedder
+from searchlite.models.lazy import LazyEmbedder, is_loaded
 from searchlite.models.light import EXPORT_VERSION
 from searchlite.models.registry import load_embedder, parse_spec, same_model, stored_spec_missing
 from searchlite.models.zoo import query_template
@@ -124,7 +125,13 @@ class Library:
 
     def _engine(self, row: ModelRow, emb: Embedder) -> tuple[ModelRow, Embedder]:
         """The embedder a model indexes with: the ONNX engine where asked for (exported into the library
-        once, validated against torch; a failed export keeps torch and says why), recorded in the row."""
+        once, validated against torch; a failed export keeps torch and says why), recorded in the row.
+        A model not loaded yet (a re-index that may embed nothing) stays unloaded: the choice is made
+        when something first needs embedding."""
+        if isinstance(emb, LazyEmbedder) and not emb.loaded:
+            lazy = LazyEmbedder(lambda: self._engine(row, emb.get())[1], row.spec)
+            self._embedders[row.id] = lazy
+            return row, lazy
         if getattr(emb, "runtime", "torch") != "onnx" and self._wants_onnx(row):
             from searchlite.models.onnx_export import export_model
 
@@ -213,14 +220,14 @@ class Library:
               raw_pairs: str = "prefer-jpeg", progress: Callable[[int, int], None] | None = None,
               engine: str = "local", ray_address: str | None = None, gpus_per_worker: float = 1.0,
               shards: str | Path | None = None, exclude: Sequence[str] | None = None,
-              default_excludes: bool | None = None) -> IndexStats:
+              default_excludes: bool | None = None, ocr: bool | None = None) -> IndexStats:
         """Incrementally index folders (or URIs) with one or more models (default: the models that
         have indexed this library, else the default model). ``engine="ray"`` runs decoding and
-        embedding on Ray Data (``workers`` = model actors there)."""
+        embedding on Ray Data (``workers`` = model actors there). ``ocr`` reads the text in photos
+        (True/False is kept with the library; None: the library's setting, off by default)."""
         self.catalog.require_writable("index")
         if engine not in ("local", "ray"):
             raise QueryError(f"unknown engine {engine!r}; choose local or ray")
-        from searchlite.models.lazy import LazyEmbedder, is_loaded
 
         if models:
             specs = list(models)
@@ -236,8 +243,12 @@ class Library:
         pairs = [(self.register(spec, emb, indexed=True, index_type=index_type), emb) for spec, emb in loaded]
         if engine != "ray":  # Ray's actors load the torch model themselves
             pairs = [self._engine(row, emb) for row, emb in pairs]
+        from searchlite.indexer.textstage import TextStage, resolve_ocr  # round4-text
+
+        text = TextStage(ocr=resolve_ocr(self.catalog, ocr))
         common = dict(batch_size=self.batch_size, draft=draft, include_hidden=include_hidden, raw_pairs=raw_pairs,
-                      excludes=exclude, default_excludes=default_excludes)  # None: the rules stored with each root
+                      excludes=exclude, default_excludes=default_excludes,  # None: the rules stored with each root
+                      text=text)
         if engine == "ray":
             from searchlite.indexer.ray_engine import RayIndexer
 
@@ -265,7 +276,12 @@ class Library:
         with library_lock(self.path, "reindex"):
             row = self.catalog.update_model(row.id, index_type=index_type)
             writer = VectorWriter(self.catalog, [row])
-            return SegmentBuilder(self.catalog, row, writer.stores[row.id]).maintain(rebuild=True)
+            factory = SegmentBuilder(self.catalog, row, writer.stores[row.id]).maintain(rebuild=True)
+            from searchlite import textindex  # round4-text: the FTS indexes are rebuilt with the vectors
+
+            with self.catalog.WriteSession.begin() as s:
+                textindex.rebuild(s)
+            return factory
 
     def compact(self, model: str | None = None) -> dict[str, str]:
         """Fold the exact tail into segments, merge deltas and drop deleted vectors from segments."""
@@ -572,10 +588,16 @@ class Library:
                 entry.update(index=index.describe(), stale=int(len(index.snap.tombstones)))
             models.append(entry)
         counts["models"] = models
+        from searchlite.indexer.textstage import text_status  # round4-text
+
+        counts.update(text_status(self.catalog))
         return counts
 
     def errors(self) -> list[tuple[str, str]]:
-        return self.catalog.errors()
+        """(path, reason) of files that could not be read, then of photos whose OCR failed."""
+        from searchlite.indexer.textstage import text_errors  # round4-text
+
+        return self.catalog.errors() + text_errors(self.catalog)
 
     def image(self, image_id: int) -> tuple[Any, str] | None:
         """(catalog row, absolute path) of an image id, or None."""

@@ -59,7 +59,8 @@ class _Pending:
 def _interesting(path: str, is_dir: bool) -> bool:
     from searchlite.imaging import IMAGE_EXTENSIONS
 
-    return is_dir or os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+    suffix = os.path.splitext(path)[1].lower()
+    return is_dir or suffix in IMAGE_EXTENSIONS or suffix == ".xmp"  # round4-text: a sidecar edit re-reads text
 
 
 class Watcher:

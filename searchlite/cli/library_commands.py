@@ -66,6 +66,10 @@ def index(
                                                           "@eaDir, #recycle, .Trash-*, $RECYCLE.BIN, *.lrdata, "
                                                           ".thumbnails (kept with the root; default: on).",
                                                           show_default=False)] = None,
+    ocr: Annotated[bool | None, typer.Option("--ocr/--no-ocr", help="Read the text in photos (signs, receipts, "
+                                             "screenshots) for text search; kept with the library for later runs "
+                                             "(needs the ocr extra; default: the library's setting, off).",
+                                             show_default=False)] = None,
     precision: PrecisionOpt = "auto",
     runtime: RuntimeOpt = "auto",
     library: LibraryOpt = None,
@@ -83,7 +87,7 @@ def index(
         stats = lib.index(paths, model or (), index_type=index_type, workers=workers, draft=not no_draft,
                           include_hidden=hidden, raw_pairs=raw_pairs, progress=progress, engine=engine,
                           ray_address=ray_address, gpus_per_worker=gpus_per_worker, shards=shards,
-                          exclude=exclude, default_excludes=default_excludes)
+                          exclude=exclude, default_excludes=default_excludes, ocr=ocr)
     finally:
         progress.close()
     if as_json:
@@ -291,6 +295,9 @@ def status(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
         if m.get("precision"):
             print("  embedded in " + ", ".join(f"{p} {n}" for p, n in sorted(m["precision"].items()))
                   + f" (engine {m.get('runtime', 'torch')})")
+    if "text" in info:  # round4-text
+        print("text: " + (", ".join(f"{k} {v}" for k, v in info["text"].items() if v) or "none")
+              + f" (OCR {'on' if info.get('ocr_enabled') else 'off'})")
 
 
 @app.command()

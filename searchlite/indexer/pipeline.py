@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, insert, select, update
@@ -102,6 +103,7 @@ class Done:
     meta: dict | None = None
     pixels: dict[int, np.ndarray] | None = None  # model position -> preprocessed input (local engine)
     vectors: dict[int, np.ndarray] | None = None  # model position -> embedding (Ray engine)
+    text: Any = None  # round4-text: the text stage's TextJob (metadata read, OCR queued)
 
 
 def read_source(path: str) -> bytes:
@@ -181,8 +183,10 @@ class Indexer:
     def __init__(self, catalog: Catalog, models: Sequence[tuple[ModelRow, Embedder]], *, batch_size: int = 32,
                  raw_pairs: str = "prefer-jpeg", workers: int | None = None, draft: bool = True, include_hidden: bool = False,
                  checkpoint_seconds: float = CHECKPOINT_SECONDS, excludes: Sequence[str] | None = None,
-                 default_excludes: bool | None = None) -> None:
+                 default_excludes: bool | None = None, text: Any = None) -> None:
         self.catalog = catalog
+        #: round4-text: the text stage (indexer/textstage.py: names, metadata, places, OCR); None: no text
+        self.text = text
         #: exclusion rules given to this run (None: the ones stored with each root), see indexer/exclude.py
         self.excludes = list(excludes) if excludes is not None else None
         self.default_excludes = default_excludes
@@ -214,9 +218,10 @@ class Indexer:
                     for image_id, model_ref in s.execute(select(VectorRow.image_id, VectorRow.model_ref).where(
                             VectorRow.image_id.in_(part))).tuples():
                         have.setdefault(image_id, set()).add(model_ref)
+                text_due = self.text.due(s, rows, roots) if self.text else set()  # round4-text
             for r in rows:
                 missing = [i for i, m in enumerate(self.models) if m.id not in have.get(r.image_id, set())]
-                if r.state == "same" and not missing:
+                if r.state == "same" and not missing and r.image_id not in text_due:
                     continue
                 yield Work(r.image_id, join_path(roots[r.root_id], r.relpath), r.state, r.sha256, r.size,
                            r.mtime_ns, missing)
@@ -226,10 +231,16 @@ class Indexer:
         """Runs in a decode thread; whatever goes wrong is that file's error, never the run's."""
         try:
             # resolved per model only when a file needs it: a lazy model loads for pixels, not for a hash
-            return decode(work, [lambda image, e=e: e.preprocess(image) for e in self.embedders],
+            done = decode(work, [lambda image, e=e: e.preprocess(image) for e in self.embedders],
                           _InputSizes(self.embedders), self._vanished if vanished is None else vanished, self.draft)
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
             return Done(work, error=f"cannot read: {type(exc).__name__}: {exc}")
+        if self.text is not None:  # round4-text: metadata text here, OCR queued on its own thread
+            try:
+                self.text.prepare(done)
+            except Exception as exc:  # noqa: BLE001 - text is extra: the photo is still indexed
+                log.warning("no text for %s: %s", work.path, exc)
+        return done
 
     def _claim(self, d: Done) -> Done:
         """A vanished image is claimed by one moved file only. Decoding runs ahead, so a second new
@@ -261,23 +272,29 @@ class Indexer:
                 # Ray vectors: the precision this process resolved for the same request (same policy)
                 made[self.models[i].id] = (getattr(emb, "precision", "fp32"), len(members))
         now = utcnow()
+        roots = self.catalog.roots() if self.text is not None else {}  # round4-text
+        if self.text is not None:
+            self.text.wait(batch)
         with writer.transaction() as s:
             for d in batch:
-                self._apply(s, d, staged.get(d.work.image_id, []), now)
+                row = self._apply(s, d, staged.get(d.work.image_id, []), now)
+                if self.text is not None and row is not None:  # round4-text: same transaction as the row
+                    self.text.apply(s, row, d, roots)
             for model_ref, (precision, count) in made.items():
                 record_precision(s, model_ref, precision, count)
 
-    def _apply(self, s, d: Done, vectors: list[tuple[int, int]], now) -> None:
+    def _apply(self, s, d: Done, vectors: list[tuple[int, int]], now) -> ImageRow | None:
+        """Apply one decoded file to its catalog row; returns the row that now holds the file (a move: the old one)."""
         row = s.get(ImageRow, d.work.image_id)
         if row is None:
-            return
+            return None
         work = d.work
         if d.error:
             row.status, row.error, row.sha256 = "error", d.error, d.sha
             row.size, row.mtime_ns = work.size, work.mtime_ns
             s.execute(delete(VectorRow).where(VectorRow.image_id == row.id))
             self.stats.failed += 1
-            return
+            return row
         if d.moved_from is not None:
             old = s.get(ImageRow, d.moved_from)
             self._vanished.pop(d.sha, None)
@@ -288,7 +305,7 @@ class Indexer:
                 old.root_id, old.relpath, old.size, old.mtime_ns = root_id, relpath, work.size, work.mtime_ns
                 old.dev, old.inode = identity
                 self.stats.moved += 1
-                return
+                return old
         if work.state == "changed" and not d.same_content:
             # new content: retire every model's old vector in the same transaction as the new ones
             s.execute(delete(VectorRow).where(VectorRow.image_id == row.id))
@@ -304,6 +321,7 @@ class Indexer:
         row.status, row.error, row.indexed_at = "ok", None, now
         if vectors:
             s.execute(insert(VectorRow), [dict(model_ref=m, store_row=r, image_id=row.id) for m, r in vectors])
+        return row
 
     # -- the run -------------------------------------------------------------------------------------
     def run(self, roots: Sequence[str | Path], progress: Callable[[int, int], None] | None = None) -> IndexStats:
@@ -351,6 +369,9 @@ class Indexer:
             self.stats.removed += len(gone)
         finally:
             scan.close()
+            if self.text is not None:  # round4-text
+                self.text.close()
+                self.stats.stages.update(self.text.stats())
         self._maintain(writer, final=True)
         self.catalog.optimize()
         self.stats.seconds = round(time.perf_counter() - start, 3)

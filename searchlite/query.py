@@ -97,12 +97,22 @@ class Filters:
     min_width: int | None = None
     min_height: int | None = None
     formats: tuple[str, ...] = ()
+    # round4-hybrid: the text a photo carries and where it was taken (searchlite.textfilters)
+    place: str | None = None  # city, region or country; case- and accent-insensitive words
+    near: tuple[float, float, float] | None = None  # (lat, lon, km)
+    camera: str | None = None  # make / model / lens words
+    text: str | None = None  # the photo carries this text (OCR or metadata)
+
+    TEXT_KEYS = ("place", "near", "camera", "text")
 
     def to_json(self) -> dict:
-        return {"glob": self.glob, "folder": str(self.folder) if self.folder else None,
-                "after": self.after.isoformat() if self.after else None,
-                "before": self.before.isoformat() if self.before else None,
-                "min_width": self.min_width, "min_height": self.min_height, "formats": list(self.formats)}
+        out = {"glob": self.glob, "folder": str(self.folder) if self.folder else None,
+               "after": self.after.isoformat() if self.after else None,
+               "before": self.before.isoformat() if self.before else None,
+               "min_width": self.min_width, "min_height": self.min_height, "formats": list(self.formats)}
+        # round4-hybrid: only when set, so older servers keep accepting the filters of a plain search
+        out.update({k: list(v) if k == "near" else v for k in self.TEXT_KEYS if (v := getattr(self, k)) is not None})
+        return out
 
     @classmethod
     def from_json(cls, data: dict | None) -> Filters:
@@ -110,7 +120,8 @@ class Filters:
         data = data or {}
         if not isinstance(data, dict):
             raise QueryError("filters must be an object")
-        unknown = set(data) - {"glob", "folder", "after", "before", "min_width", "min_height", "formats"}
+        unknown = set(data) - {"glob", "folder", "after", "before", "min_width", "min_height", "formats",
+                               *cls.TEXT_KEYS}
         if unknown:
             raise QueryError(f"unknown filter {sorted(unknown)[0]!r}")
 
@@ -136,12 +147,25 @@ class Filters:
         if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
             raise QueryError("filter formats must be a list of strings")
         folder = text("folder")
+        # round4-hybrid: near as [lat, lon, km] or "lat,lon,km"
+        near = data.get("near")
+        if isinstance(near, list | tuple):
+            if len(near) != 3 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in near):
+                raise QueryError("filter near must be [lat, lon, km] or \"LAT,LON,KM\"")
+            near = ",".join(str(v) for v in near)
+        elif near is not None and not isinstance(near, str):
+            raise QueryError("filter near must be [lat, lon, km] or \"LAT,LON,KM\"")
+        from searchlite.textfilters import parse_near
+
         return cls(glob=text("glob"), folder=Path(folder) if folder else None, after=when("after"),
                    before=when("before"), min_width=size("min_width"), min_height=size("min_height"),
-                   formats=tuple(formats))
+                   formats=tuple(formats), place=_words(text("place"), "place"),
+                   near=parse_near(near, "filter near"), camera=_words(text("camera"), "camera"),
+                   text=_words(text("text"), "text"))
 
     def active(self) -> bool:
-        return any([self.glob, self.folder, self.after, self.before, self.min_width, self.min_height, self.formats])
+        return any([self.glob, self.folder, self.after, self.before, self.min_width, self.min_height, self.formats,
+                    self.place, self.near, self.camera, self.text])  # round4-hybrid: the text filters
 
     def conditions(self, catalog: Catalog) -> list:
         """SQL conditions on images (joined with roots) equivalent to these filters."""
@@ -161,11 +185,38 @@ class Filters:
             conds.append(ImageRow.height >= self.min_height)
         if self.formats:  # aliases, any case (jpg, MPO -> JPEG; tif; heic...); unknown: QueryError
             conds.append(ImageRow.format.in_(format_names(self.formats)))
+        conds += self._text_conditions()  # round4-hybrid
+        return conds
+
+    def _text_conditions(self) -> list:
+        """round4-hybrid: place, near, camera and text as SQL conditions (searchlite.textfilters)."""
+        if not (self.place or self.near or self.camera or self.text):
+            return []
+        from searchlite import textfilters as tf
+
+        conds = []
+        if self.place:
+            conds.append(tf.place_condition(self.place))
+        if self.near:
+            conds.append(tf.near_condition(*self.near))
+        if self.camera:
+            conds.append(tf.camera_condition(self.camera))
+        if self.text:
+            conds.append(tf.contains_condition(self.text))
         return conds
 
     def _folder_condition(self, catalog: Catalog):
         """Inside the folder as given, or as resolved: the one rule of ``Catalog.locate_all``."""
         return catalog.folder_condition(self.folder)
+
+
+def _words(value: str | None, name: str) -> str | None:
+    """round4-hybrid: a text filter's value, which must hold a word (a letter or digit)."""
+    if value is None or not value.strip():
+        return None
+    if not any(c.isalnum() for c in value):
+        raise QueryError(f"filter {name} needs a word, got {value!r}")
+    return value.strip()
 
 
 @dataclass
@@ -194,6 +245,14 @@ class SearchResult:
         d = {k: getattr(self, k) for k in self.FIELDS}
         d.update(self.extra)
         return d
+
+
+def result_of(model: ModelRow, hit, cos: float, prob: float) -> SearchResult:  # noqa: ANN001 - a catalog row
+    """One result from a light image row (:meth:`Catalog.results_for_rows`) and its cosine."""
+    extra = {"raw": join_path(hit.root_path, hit.companion)} if hit.companion else {}
+    return SearchResult(0, join_path(hit.root_path, hit.relpath), float(cos), float(model.scale * cos + model.bias),
+                        prob, hit.id, hit.width, hit.height, format_taken(hit.taken_at, hit.taken_offset), extra,
+                        hit.taken_at)
 
 
 def allowed_rows(catalog: Catalog, model: ModelRow, filters: Filters, session: Session | None = None,
@@ -292,11 +351,7 @@ the top DATE_POOL of one search (exact, or one approximate search of DATE_POOL).
                     if min_prob is not None and prob < min_prob:
                         below = True  # ranked by cosine (a > 0): the rest of the ranking scores lower
                         continue
-                    extra = {"raw": join_path(hit.root_path, hit.companion)} if hit.companion else {}
-                    results.append(SearchResult(0, join_path(hit.root_path, hit.relpath), float(cos),
-                                                float(model.scale * cos + model.bias), prob, hit.id, hit.width,
-                                                hit.height, format_taken(hit.taken_at, hit.taken_offset), extra,
-                                                hit.taken_at))
+                    results.append(result_of(model, hit, cos, prob))
             if len(results) >= want or (below and a > 0) or sort == "date":
                 break  # enough, or below min_prob, or the date pool (one window) is complete
     results = results[:want]

@@ -119,7 +119,7 @@ def parse_request(message: Any) -> tuple[str, dict]:
     if not isinstance(args, dict):
         raise QueryError("args must be an object")
     allowed = {"search": {"text", "model", "k", "offset", "template", "ensemble", "min_prob", "sort", "filters", "cwd",
-                          "lang"},
+                          "lang", "mode", "fusion"},  # round4-hybrid: mode, fusion
                "similar": {"image", "model", "k", "offset", "min_prob", "sort", "filters"}, "ping": set()}[command]
     unknown = set(args) - allowed
     if unknown:
@@ -145,6 +145,8 @@ def parse_request(message: Any) -> tuple[str, dict]:
             raise QueryError("cwd must be an absolute folder")
         out.update(text=text, template=check_template(_typed(args, "template", str)),
                    ensemble=_typed(args, "ensemble", bool, False), cwd=cwd, lang=_typed(args, "lang", str))
+        # round4-hybrid: absent means the default (hybrid), so older clients keep working
+        out.update({key: value for key in ("mode", "fusion") if (value := _typed(args, key, str)) is not None})
     else:
         image = _typed(args, "image", str)
         if not image or not os.path.isabs(image):

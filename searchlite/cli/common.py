@@ -199,7 +199,8 @@ class Progress:
 
 
 def parse_filters(folder: Path | None, glob: str | None, after: str | None, before: str | None,
-             min_width: int | None, min_height: int | None, fmt: list[str] | None):
+             min_width: int | None, min_height: int | None, fmt: list[str] | None, place: str | None = None,
+             near: str | None = None, camera: str | None = None, text: str | None = None):
     """The filter options as Filters; a bad date is a usage error. A date without a time is the
     whole day (``--before 2026-12-01`` includes Dec 1), see :func:`searchlite.query.parse_date`."""
     from searchlite import Filters, QueryError
@@ -214,9 +215,18 @@ def parse_filters(folder: Path | None, glob: str | None, after: str | None, befo
             raise typer.BadParameter(f"not a date: {s!r} (e.g. 2023-07-01 or 2023-07-01T18:30)",
                                      param_hint=option) from exc
 
+    # round4-hybrid: the text filters, validated as the HTTP API's
+    from searchlite.query import _words
+    from searchlite.textfilters import parse_near
+
+    try:
+        extra = {"place": _words(place, "--place"), "near": parse_near(near, "--near"),
+                 "camera": _words(camera, "--camera"), "text": _words(text, "--text")}
+    except QueryError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     return Filters(glob=glob, folder=Path(os.path.abspath(folder.expanduser())) if folder else None, after=date(after, "--after"),
                    before=date(before, "--before"), min_width=min_width, min_height=min_height,
-                   formats=tuple(fmt or ()))
+                   formats=tuple(fmt or ()), **extra)
 
 
 FolderOpt = Annotated[Path | None, typer.Option("--folder", help="Only images under this folder.")]
@@ -231,3 +241,12 @@ FormatOpt = Annotated[list[str] | None, typer.Option("--format", help="Only thes
 Print0Opt = Annotated[bool, typer.Option("--print0", "-0", help="Print paths only, each followed by a NUL "
                                           "byte (exact names, for `xargs -0`).")]
 MinProbOpt = Annotated[float | None, typer.Option("--min-prob", help="Drop results below this probability.")]
+# round4-hybrid: the text filters and the search mode
+PlaceOpt = Annotated[str | None, typer.Option("--place", help="Only photos taken at this place (city, region or "
+                     "country; case and accents ignored).")]
+NearOpt = Annotated[str | None, typer.Option("--near", help="Only photos taken within KM of LAT,LON: 'LAT,LON,KM'.")]
+CameraOpt = Annotated[str | None, typer.Option("--camera", help="Only photos from this camera (make/model words).")]
+TextFilterOpt = Annotated[str | None, typer.Option("--text", help="Only photos that carry this text (OCR or "
+                          "metadata: name, folder, keywords, title, description).")]
+ModeOpt = Annotated[str, typer.Option("--mode", help="hybrid (the embedding fused with the photos' text), vector "
+                                      "(the embedding alone) or text.")]

@@ -171,3 +171,25 @@ def test_cli_json_matches_mode_and_filters(lib):
     assert out.exit_code != 0 and "LAT,LON,KM" in out.output
     out = runner.invoke(app, ["search", "a shape", "--mode", "fuzzy", *base])
     assert out.exit_code != 0
+
+
+def test_http_search_matches_mode_and_filters(lib):
+    pytest.importorskip("fastapi", reason="the web extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from searchlite.web.app import create_app
+
+    library, ids, _, _ = lib
+    client = TestClient(create_app(library), base_url="http://127.0.0.1:8765")
+    body = client.get("/api/search", params={"q": "grandma", "k": 3, "model": "demo"}).json()
+    assert body["results"][0]["id"] == ids[7]
+    assert body["results"][0]["matches"] == [{"field": "keywords", "text": "grandma|family"}]
+    body = client.get("/api/search", params={"q": "a shape", "k": 40, "place": "Paris", "camera": "X100V"}).json()
+    assert [r["id"] for r in body["results"]] == [ids[3]] and body["results"][0]["place"].startswith("Paris")
+    body = client.get("/api/search", params={"q": "a shape", "k": 40, "near": "48.8584,2.2945,5"}).json()
+    assert {r["id"] for r in body["results"]} == {ids[3], ids[29]}
+    body = client.get("/api/search", params={"q": "grandma", "k": 3, "mode": "vector"}).json()
+    assert "matches" not in body["results"][0]
+    for bad in ({"near": "1,2"}, {"near": "95,0,3"}, {"mode": "fuzzy"}, {"camera": "!!"}):
+        response = client.get("/api/search", params={"q": "x", **bad})
+        assert response.status_code == 400, bad

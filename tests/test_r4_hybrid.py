@@ -193,3 +193,10 @@ def test_http_search_matches_mode_and_filters(lib):
     for bad in ({"near": "1,2"}, {"near": "95,0,3"}, {"mode": "fuzzy"}, {"camera": "!!"}):
         response = client.get("/api/search", params={"q": "x", **bad})
         assert response.status_code == 400, bad
+
+
+def test_cli_table_says_why(lib):
+    _, _, _, root = lib
+    out = runner.invoke(app, ["search", "grandma", "-k", "2", "-L", str(root / "lib"), "-m", "demo", "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    assert "keywords: grandma|family" in out.output.splitlines()[2]

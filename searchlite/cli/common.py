@@ -174,6 +174,9 @@ def print_results(results, as_json: bool, paths_only: bool, what: str, preview: 
     print(f"{'rank':>{width}}  {'prob':>6}  {'score':>7}  path")
     for r in results:
         print(f"{r.rank:>{width}}  {r.probability:6.3f}  {r.score:7.4f}  {escape_path(r.path)}")
+        for m in r.extra.get("matches") or ():  # round4-hybrid: why the photo matched, one line each
+            line = " ".join(m["text"].split())
+            print(f"{'':>{width + 18}}  {m['field']}: {line if line.isprintable() else escape_path(line)}")
         if protocol:
             print(inline_image(r.path, protocol))
 

@@ -19,6 +19,7 @@ Every word is quoted in the FTS expression (``"w"``), so no input can reach FTS5
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from sqlalchemy import text as sql
@@ -91,7 +92,9 @@ def parse_terms(query: str) -> list[Term]:
         if not body:
             continue
         if has_cjk(body):
-            terms.append(Term(body, bool(quoted), [fold(c) for c in body.split()], cjk=True))
+            # NFKC only: NFKD (fold) would split Hangul syllables into jamo and kana from their voicing marks
+            terms.append(Term(body, bool(quoted), [unicodedata.normalize("NFKC", c).casefold() for c in body.split()],
+                              cjk=True))
             continue
         words = [w for w in _WORD.findall(fold(body)) if w != "*"]
         if words:

@@ -20,6 +20,8 @@ TEXTS = {
     "g.jpg": {"place": "Paris, Île-de-France, France", "camera": "FUJIFILM X100V"},
     "h.jpg": {"keywords": "grandma|family", "description": "Grandma's garden in Zürich"},
     "i.jpg": {"ocr": "駅"},
+    "k.jpg": {"ocr": "서울역광장"},
+    "j.jpg": {"ocr": "ギョーザ定食"},
 }
 
 
@@ -80,6 +82,8 @@ def test_cjk_substrings_and_short_fallback(catalog):
     assert _found(catalog, "东京站") == {"f.jpg"}  # substring of 东京站出口
     assert _found(catalog, "駅") == {"e.jpg", "i.jpg"}  # < 3 characters: LIKE
     assert _found(catalog, "南口") == {"e.jpg"}
+    assert _found(catalog, "서울역") == {"k.jpg"}  # Hangul syllables stay composed
+    assert _found(catalog, "ギョーザ") == {"j.jpg"}  # kana keep their voicing marks
 
 
 def test_place_camera_and_matches(catalog):

@@ -105,3 +105,22 @@ def test_combined_terms():
     terms = parse_terms('Paris + sunset - people')
     assert [t.raw for t in terms] == ["Paris", "sunset"]
     assert parse_terms('"INVOICE 4711"')[0].phrase
+
+
+def test_fusion_rules_by_hand():
+    from searchlite.fusion import fuse, noisy_or
+
+    order = [10, 11, 12, 13]  # the embedding's order
+    prob = {10: 0.9, 11: 0.5, 12: 0.2, 13: 0.01}
+    assert noisy_or(0.2, 0.5) == pytest.approx(0.6)
+    # prob: 13 (p 0.01, evidence 0.7) -> 0.703: above 11 and 12, below the confident visual match 10
+    fused = fuse(order, prob, {13: 0.7}, [13], "prob")
+    assert [i for i, _ in fused] == [10, 13, 11, 12]
+    assert fused[1][1] == pytest.approx(1 - 0.99 * 0.3)
+    # rrf: any text hit outranks the embedding's top photo: 1/64 + 1/61 > 1/61
+    fused = fuse(order, prob, {13: 0.7}, [13], "rrf")
+    assert [i for i, _ in fused] == [13, 10, 11, 12]
+    assert fused[0][1] == pytest.approx(1 / 64 + 1 / 61)
+    # no text evidence: the embedding's order exactly, under both rules
+    for method in ("prob", "rrf"):
+        assert [i for i, _ in fuse(order, prob, {}, [], method)] == order

@@ -124,3 +124,18 @@ def test_fusion_rules_by_hand():
     # no text evidence: the embedding's order exactly, under both rules
     for method in ("prob", "rrf"):
         assert [i for i, _ in fuse(order, prob, {}, [], method)] == order
+
+
+def test_socket_server_passes_mode_and_text_filters():
+    from searchlite.errors import QueryError
+    from searchlite.query import Filters
+    from searchlite.server import parse_request
+
+    _, args = parse_request({"command": "search", "args": {"text": "x", "mode": "text", "filters": {
+        "place": "Paris", "near": [48.8, 2.3, 5], "camera": "x100v", "text": "boulangerie"}}})
+    assert args["mode"] == "text"
+    assert args["filters"] == Filters(place="Paris", near=(48.8, 2.3, 5.0), camera="x100v", text="boulangerie")
+    _, args = parse_request({"command": "search", "args": {"text": "x"}})
+    assert "mode" not in args  # the library's default (hybrid)
+    with pytest.raises(QueryError):
+        parse_request({"command": "search", "args": {"text": "x", "mode": 3}})

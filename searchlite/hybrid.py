@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 MODES = ("hybrid", "vector", "text")
 #: text hits read per query term (best bm25 first)
 TEXT_POOL = 200
+#: how deep the text hits are read when filters reject the best ones
+MAX_TEXT_POOL = 200_000
 
 
 def check_mode(mode: str, fusion: str) -> None:
@@ -44,18 +46,22 @@ def _text_candidates(catalog: Catalog, model: ModelRow, index: ModelIndex, query
                                                                                      dict[int, SearchResult]]:
     """The text hits that pass the filters and have a vector under the model, with their results
     (cosine from the stored vector, so the probability is the embedding's)."""
-    hits = search_text(session, text, TEXT_POOL)
-    if not hits:
-        return {}, {}
     conds = filters.conditions(catalog) if filters.active() else []
-    ids = [i for i in hits if i not in exclude]
-    rows: dict[int, int] = {}
-    for lo in range(0, len(ids), 900):
-        rows.update(session.execute(
-            select(ImageRow.id, VectorRow.store_row).join(Root, Root.id == ImageRow.root_id)
-            .join(VectorRow, VectorRow.image_id == ImageRow.id)
-            .where(VectorRow.model_ref == model.id, VectorRow.store_row < index.store.committed,
-                   ImageRow.id.in_(ids[lo:lo + 900]), *conds)).tuples().all())
+    limit = TEXT_POOL
+    while True:
+        hits = search_text(session, text, limit)
+        ids = [i for i in hits if i not in exclude]
+        rows: dict[int, int] = {}
+        for lo in range(0, len(ids), 900):
+            rows.update(session.execute(
+                select(ImageRow.id, VectorRow.store_row).join(Root, Root.id == ImageRow.root_id)
+                .join(VectorRow, VectorRow.image_id == ImageRow.id)
+                .where(VectorRow.model_ref == model.id, VectorRow.store_row < index.store.committed,
+                       ImageRow.id.in_(ids[lo:lo + 900]), *conds)).tuples().all())
+        # a selective filter may reject the best text hits: read deeper until enough pass or none are left
+        if len(rows) >= TEXT_POOL or len(hits) < limit or limit >= MAX_TEXT_POOL:
+            break
+        limit *= 10
     if not rows:
         return {}, {}
     store_rows = np.fromiter(rows.values(), dtype=np.int64)

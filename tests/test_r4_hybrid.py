@@ -200,3 +200,21 @@ def test_cli_table_says_why(lib):
     out = runner.invoke(app, ["search", "grandma", "-k", "2", "-L", str(root / "lib"), "-m", "demo", "--device", "cpu"])
     assert out.exit_code == 0, out.output
     assert "keywords: grandma|family" in out.output.splitlines()[2]
+
+
+def test_selective_filter_reads_text_hits_deeper(lib, monkeypatch):
+    from searchlite import hybrid
+
+    library, ids, _, _ = lib
+    monkeypatch.setattr(hybrid, "TEXT_POOL", 2)  # every .jpg name row is a hit: far more than the pool
+    found = library.search("jpg", "demo", k=5, mode="text", filters=Filters(place="zurich"))
+    assert _ids(found) == [ids[23]]
+
+
+def test_hybrid_date_sort_keeps_the_result_set(lib):
+    library, ids, _, _ = lib
+    relevance = library.search("grandma", "demo", k=40)
+    by_date = library.search("grandma", "demo", k=40, sort="date")
+    assert {r.image_id for r in by_date} == {r.image_id for r in relevance}
+    times = [r.sort_time for r in by_date]
+    assert times == sorted(times)

@@ -88,7 +88,9 @@ function why(result) {
   if (result.place && !(result.matches || []).some((m) => m.field === "place")) {
     const place = document.createElement("p");
     place.className = "place";
-    place.textContent = `📍 ${result.place}`;
+    const label = document.createElement("b");
+    label.textContent = "place: ";
+    place.append(label, document.createTextNode(result.place));
     box.append(place);
   }
   return box;

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from bisect import bisect_right
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
@@ -42,14 +43,14 @@ def check_mode(mode: str, fusion: str) -> None:
 
 
 def _text_candidates(catalog: Catalog, model: ModelRow, index: ModelIndex, query: np.ndarray, text: str,
-                     filters: Filters, exclude: set[int], session: Session) -> tuple[dict[int, TextHit],
-                                                                                     dict[int, SearchResult]]:
+                     filters: Filters, exclude: set[int], session: Session, cwd: str | Path | None = None,
+                     files: bool = False) -> tuple[dict[int, TextHit], dict[int, SearchResult]]:
     """The text hits that pass the filters and have a vector under the model, with their results
     (cosine from the stored vector, so the probability is the embedding's)."""
     conds = filters.conditions(catalog) if filters.active() else []
     limit = TEXT_POOL
     while True:
-        hits = search_text(session, text, limit)
+        hits = search_text(session, text, limit, cwd, files)
         ids = [i for i in hits if i not in exclude]
         rows: dict[int, int] = {}
         for lo in range(0, len(ids), 900):
@@ -100,8 +101,10 @@ def _merge_order(pool: list[SearchResult], others: list[SearchResult]) -> list[S
 
 def search(catalog: Catalog, model: ModelRow, index: ModelIndex, query: np.ndarray, text: str, k: int,
            filters: Filters | None = None, exclude_images: set[int] | None = None, min_prob: float | None = None,
-           sort: str = "relevance", offset: int = 0, mode: str = "hybrid", fusion: str = "prob") -> list[SearchResult]:
-    """Results [offset, offset+k) of the query in ``mode`` (see the module docstring)."""
+           sort: str = "relevance", offset: int = 0, mode: str = "hybrid", fusion: str = "prob",
+           cwd: str | Path | None = None, files: bool = False) -> list[SearchResult]:
+    """Results [offset, offset+k) of the query in ``mode`` (see the module docstring); ``cwd`` and
+    ``files`` as for :func:`searchlite.combined.parse_query` (image terms are not looked for in text)."""
     check_mode(mode, fusion)
     if sort not in SORTS:
         raise QueryError(f"unknown sort {sort!r}; choose one of {', '.join(SORTS)}")
@@ -111,7 +114,7 @@ def search(catalog: Catalog, model: ModelRow, index: ModelIndex, query: np.ndarr
     filters = filters or Filters()
     with index.reading() as session:
         hits, hit_results = _text_candidates(catalog, model, index, query, text, filters, exclude_images or set(),
-                                             session)
+                                             session, cwd, files)
     if mode == "hybrid" and not hits:  # nothing in the text: the embedding's ranking as it is
         results = search_vectors(catalog, model, index, query, k, sort=sort, offset=offset, **args)
         _annotate(catalog, results, {})

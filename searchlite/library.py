@@ -421,7 +421,7 @@ class Library:
                                   min_prob=min_prob, sort=sort, offset=offset)
         return hybrid.search(self.catalog, row, self.model_index(row), query, text, k, filters,
                              exclude_images=own_ids, min_prob=min_prob, sort=sort, offset=offset, mode=mode,
-                             fusion=fusion)
+                             fusion=fusion, cwd=cwd, files=files)
 
     def similar(self, image: str | Path | int | bytes, model: str | None = None, k: int = 20, *, offset: int = 0,
                 filters: Filters | None = None, min_prob: float | None = None,

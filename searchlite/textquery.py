@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import text as sql
 from sqlalchemy.engine import Connection
@@ -73,8 +74,19 @@ def has_cjk(text: str) -> bool:
     return bool(_CJK.search(text))
 
 
-def parse_terms(query: str) -> list[Term]:
-    """The positive terms of a (possibly combined) query, quoted phrases marked."""
+def _image_term(raw: str, base: str | Path | None) -> bool:
+    """Whether a term names an image file (an image term of a combined query: not text to look for)."""
+    from searchlite.imaging import IMAGE_EXTENSIONS
+
+    path = Path(raw).expanduser()
+    if base is not None and not path.is_absolute():
+        path = Path(base) / path
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def parse_terms(query: str, base: str | Path | None = None, files: bool = False) -> list[Term]:
+    """The positive terms of a (possibly combined) query, quoted phrases marked; with ``files``, terms
+    naming an image file (resolved against ``base``) are left out, as the embedding uses them."""
     parts = _SPLIT.split(f" {query.strip()} ".strip())
     signs = ["+"] + parts[1::2]
     terms = []
@@ -88,6 +100,8 @@ def parse_terms(query: str) -> list[Term]:
                 continue
             raw = m.group(2).strip()
         quoted = _QUOTED.match(raw)
+        if files and not quoted and _image_term(raw, base):
+            continue
         body = quoted.group(1).strip() if quoted else raw
         if not body:
             continue
@@ -193,12 +207,13 @@ def term_rows(conn: Connection, term: Term, limit: int) -> list[tuple[int, str, 
     return rows
 
 
-def search_text(db: Session | Connection, query: str, limit: int = 200) -> dict[int, TextHit]:
+def search_text(db: Session | Connection, query: str, limit: int = 200, base: str | Path | None = None,
+                files: bool = False) -> dict[int, TextHit]:
     """The photos whose text matches some positive term of the query; a photo matching several terms
     gathers their evidence (``"Paris + sunset"``: the place row of Paris photos is text evidence, "sunset"
     is left to the embedding). Returns ``{image_id: TextHit}``."""
     conn = _conn(db)
-    terms = parse_terms(query)
+    terms = parse_terms(query, base, files)
     per_term: list[dict[int, TextHit]] = []
     for term in terms:
         found: dict[int, TextHit] = {}

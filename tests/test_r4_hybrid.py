@@ -218,3 +218,13 @@ def test_hybrid_date_sort_keeps_the_result_set(lib):
     assert {r.image_id for r in by_date} == {r.image_id for r in relevance}
     times = [r.sort_time for r in by_date]
     assert times == sorted(times)
+
+
+def test_image_terms_are_not_looked_for_in_text(lib, tmp_path):
+    import shutil
+
+    library, ids, _, root = lib
+    name = sorted(p.name for p in (root / "photos").iterdir() if p.suffix in (".png", ".jpg"))[11]
+    shutil.copy(root / "photos" / name, tmp_path / name)  # the same name words as library photo 11
+    results = library.search(f"./{name} + x100v", "demo", k=40, cwd=tmp_path)
+    assert [r.image_id for r in results if r.extra["matches"]] == [ids[3]]  # x100v only, not the name

@@ -89,7 +89,7 @@ def run_hybrid_bench(library: Any, folder: str | Path, spec: str, source: str = 
             identical.append(tops["hybrid-prob"] == tops["vector"])
     kinds = [q["kind"] for q in queries]
     sets = {"mixed": [True] * len(queries), "caption": [k == "caption" for k in kinds],
-            "text-channel": [k != "caption" for k in kinds]}
+            "text-channel": [not k.startswith("caption") for k in kinds]}
     sets.update({kind: [k == kind for k in kinds] for kind in sorted(set(kinds))})
     table: dict[str, dict[str, dict[str, float]]] = {}
     for name, mask in sets.items():

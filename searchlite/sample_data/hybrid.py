@@ -1,7 +1,8 @@
 """A generated benchmark set for hybrid search: the shape photos of :mod:`generate` (whose captions the
 demo model knows), some carrying a rendered sign (several fonts, sizes and angles; Latin, Chinese,
 Japanese, Korean), some geotagged at known places (GPS EXIF), some keyworded (an XMP sidecar), with
-queries of four kinds: the sign's text, the place, the keyword, and the caption alone.
+queries of five kinds: the sign's text, the place, the keyword, the caption alone, and a look
+("red circle") that a misleading description on another photo also mentions ("caption-distractor").
 
 Written into OUT: the images, ``captions.jsonl`` (the ``bench`` format), ``truth.jsonl`` (per image:
 the text fields and position the photo carries) and ``queries.jsonl`` (query, kind, relevant images).
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from searchlite.sample_data.generate import render, sample_scene
+from searchlite.sample_data.generate import COLOURS, NOVEL_PAIRS, SHAPES, render, sample_scene
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def generate(out: Path, count: int = 120, seed: int = 7) -> Path:
     # scripts take turns, so a small set has signs in all four
     signs = [(script, texts[j]) for j in range(max(map(len, SIGNS.values())))
              for script, texts in SIGNS.items() if j < len(texts)]
-    captions, truth = [], []
+    captions, truth, scenes = [], [], []
+    pairs = [(c, sh) for c in COLOURS for sh in SHAPES if (c, sh) not in NOVEL_PAIRS]
     relevant: dict[tuple[str, str], list[str]] = {}
     for i in range(count):
         scene = sample_scene(rng, "test")
@@ -137,6 +139,11 @@ def generate(out: Path, count: int = 120, seed: int = 7) -> Path:
             fields["keywords"] = keyword
             (out / name).with_suffix(".xmp").write_text(_xmp_sidecar([keyword]))
             relevant.setdefault((keyword, "keywords"), []).append(name)
+        if i % 7 == 4:  # a misleading description: words of another photo's look (the fusion must not trust it blindly)
+            colour, shape = rng.choice([p for p in pairs if p != (scene.colour, scene.shape)])
+            fields["description"] = f"an old sticker with a {colour} {shape}"
+            relevant.setdefault((f"{colour} {shape}", "caption-distractor"), [])
+        scenes.append((name, scene))
         exif = _gps_exif(lat, lon) if lat is not None else Image.Exif()
         image.save(out / name, quality=90, exif=exif.tobytes())
         captions.append({"image": name, "caption": scene.caption})
@@ -144,6 +151,11 @@ def generate(out: Path, count: int = 120, seed: int = 7) -> Path:
     by_caption: dict[str, list[str]] = {}
     for c in captions:
         by_caption.setdefault(c["caption"], []).append(c["image"])
+    for (query, kind), names in relevant.items():  # a distractor query's photos: those that look like it
+        if kind == "caption-distractor":
+            colour, shape = query.split()
+            names.extend(n for n, sc in scenes if (sc.colour, sc.shape) == (colour, shape))
+    relevant = {key: names for key, names in relevant.items() if names}
     for c in rng.sample(captions, min(8, len(captions))):
         relevant.setdefault((c["caption"], "caption"), by_caption[c["caption"]])
     (out / "captions.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in captions))

@@ -167,6 +167,8 @@ def test_cli_json_matches_mode_and_filters(lib):
     assert {r["image_id"] for r in json.loads(out.stdout)} == {ids[3], ids[29]}
     out = runner.invoke(app, ["search", "a shape", "--place", "paris", "--camera", "x100v", *base])
     assert [r["image_id"] for r in json.loads(out.stdout)] == [ids[3]]
+    out = runner.invoke(app, ["search", "a shape", "-k", "40", "--text", "東京駅", *base])
+    assert [r["image_id"] for r in json.loads(out.stdout)] == [ids[11]]
     out = runner.invoke(app, ["search", "a shape", "--near", "48,2", *base])
     assert out.exit_code != 0 and "LAT,LON,KM" in out.output
     out = runner.invoke(app, ["search", "a shape", "--mode", "fuzzy", *base])

@@ -230,3 +230,17 @@ def test_image_terms_are_not_looked_for_in_text(lib, tmp_path):
     shutil.copy(root / "photos" / name, tmp_path / name)  # the same name words as library photo 11
     results = library.search(f"./{name} + x100v", "demo", k=40, cwd=tmp_path)
     assert [r.image_id for r in results if r.extra["matches"]] == [ids[3]]  # x100v only, not the name
+
+
+def test_http_upload_takes_the_text_filters(lib):
+    pytest.importorskip("fastapi", reason="the web extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from searchlite.web.app import create_app
+
+    library, ids, _, root = lib
+    client = TestClient(create_app(library), base_url="http://127.0.0.1:8765")
+    photo = sorted(p for p in (root / "photos").iterdir() if p.suffix in (".png", ".jpg"))[0]
+    body = client.post("/api/similar", files={"file": (photo.name, photo.read_bytes())},
+                       data={"k": "40", "place": "paris", "model": "demo"}).json()
+    assert [r["id"] for r in body["results"]] == [ids[3]]

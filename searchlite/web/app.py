@@ -194,8 +194,10 @@ def query_filters(folder: Text = None, glob: Text = None, after: Text = None, be
 
 def form_filters(folder: FormText = None, glob: FormText = None, after: FormText = None, before: FormText = None,
                  min_width: FormSize = None, min_height: FormSize = None,
-                 format: Annotated[list[str] | None, Form()] = None) -> Filters:  # noqa: A002
-    return make_filters(folder, glob, after, before, min_width, min_height, format)
+                 format: Annotated[list[str] | None, Form()] = None,  # noqa: A002
+                 place: FormText = None, near: Annotated[str | None, Form(max_length=100)] = None,
+                 camera: FormText = None, text: FormText = None) -> Filters:
+    return make_filters(folder, glob, after, before, min_width, min_height, format, place, near, camera, text)
 
 
 QueryFilters = Annotated[Filters, Depends(query_filters)]

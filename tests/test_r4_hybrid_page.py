@@ -53,10 +53,11 @@ def test_page_highlights_matches_and_sends_filters():
         page.click("#filters summary")
         page.fill("#place", "Zurich")
         page.fill("#camera", "x100v")
+        page.fill("#text-filter", "boulangerie")
         page.fill("#q", "zurich + boulangerie")
         page.click("#go")
         page.wait_for_selector(".card .why .match")
-        assert asked[-1]["place"] == "Zurich" and asked[-1]["camera"] == "x100v"
+        assert asked[-1]["place"] == "Zurich" and asked[-1]["camera"] == "x100v" and asked[-1]["text"] == "boulangerie"
         marks = page.eval_on_selector_all(".card .why mark", "els => els.map(e => e.textContent)")
         assert marks == ["Boulangerie", "Zürich"]  # accent-folded match, original text shown
         text = page.text_content(".card .why .match")

@@ -22,6 +22,7 @@ function filterParams() {
   if ($("before").value) p.set("before", $("before").value);  // a date alone: the whole day (server side)
   if ($("place").value.trim()) p.set("place", $("place").value.trim());
   if ($("camera").value.trim()) p.set("camera", $("camera").value.trim());
+  if ($("text-filter").value.trim()) p.set("text", $("text-filter").value.trim());
   if ($("min-prob").value) p.set("min_prob", $("min-prob").value);
   if (state.model) p.set("model", state.model);
   return p;

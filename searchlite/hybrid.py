@@ -77,10 +77,8 @@ def _text_candidates(catalog: Catalog, model: ModelRow, index: ModelIndex, query
     return {i: hits[i] for i in results}, results
 
 
-def _annotate(catalog: Catalog, results: list[SearchResult], hits: dict[int, TextHit]) -> None:
+def _annotate(results: list[SearchResult], hits: dict[int, TextHit], fields: dict[int, dict[str, str]]) -> None:
     """``matches`` (why each photo matched: [] for the embedding alone) and ``place`` when known."""
-    with catalog.Session() as s:
-        fields = fields_of(s, [r.image_id for r in results])
     for r in results:
         hit = hits.get(r.image_id)
         r.extra["matches"] = list(hit.matches) if hit else []
@@ -112,23 +110,26 @@ def search(catalog: Catalog, model: ModelRow, index: ModelIndex, query: np.ndarr
     if mode == "vector":
         return search_vectors(catalog, model, index, query, k, sort=sort, offset=offset, **args)
     filters = filters or Filters()
-    with index.reading() as session:
+    # the embedding's top offset+k (photos without text evidence rank below them), or the date pool;
+    # its ranking does not depend on k or offset, so a page of it is the vector search's page
+    want = DATE_POOL if sort == "date" else offset + k
+    pool = search_vectors(catalog, model, index, query, want, **args) if mode == "hybrid" else []
+    with index.reading() as session:  # one read for the text hits and every candidate's fields
         hits, hit_results = _text_candidates(catalog, model, index, query, text, filters, exclude_images or set(),
                                              session, cwd, files)
+        fields = fields_of(session, [r.image_id for r in pool] + list(hit_results))
     if mode == "hybrid" and not hits:  # nothing in the text: the embedding's ranking as it is
-        results = search_vectors(catalog, model, index, query, k, sort=sort, offset=offset, **args)
-        _annotate(catalog, results, {})
+        results = (search_vectors(catalog, model, index, query, k, sort=sort, offset=offset, **args)
+                   if sort == "date" else pool[offset:offset + k])
+        _annotate(results, {}, fields if sort != "date" else _fields(catalog, results))
         return results
-    # the photos that can make the page: the embedding's top offset+k (others without text evidence rank
-    # below them) and every text hit; a text hit below min_prob stays only when it matched exactly
+    # a text hit below min_prob stays only when it matched exactly
     kept = {i: r for i, r in hit_results.items()
             if min_prob is None or r.probability >= min_prob or hits[i].exact}
     text_order = sorted(kept, key=lambda i: (not hits[i].exact, -hits[i].evidence, -hits[i].score, i))
     if mode == "text":
         ranked = [kept[i] for i in text_order]
     else:
-        want = DATE_POOL if sort == "date" else offset + k
-        pool = search_vectors(catalog, model, index, query, want, **args)
         by_id = {r.image_id: r for r in pool}  # the pool's own scores: its order is the embedding's
         others = [r for i, r in kept.items() if i not in by_id]
         merged = _merge_order(pool, others)
@@ -141,5 +142,10 @@ def search(catalog: Catalog, model: ModelRow, index: ModelIndex, query: np.ndarr
     results = ranked[offset:offset + k]
     for rank, r in enumerate(results, 1 + offset):
         r.rank = rank
-    _annotate(catalog, results, hits)
+    _annotate(results, hits, fields)
     return results
+
+
+def _fields(catalog: Catalog, results: list[SearchResult]) -> dict[int, dict[str, str]]:
+    with catalog.Session() as s:
+        return fields_of(s, [r.image_id for r in results])

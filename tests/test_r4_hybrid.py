@@ -244,3 +244,13 @@ def test_http_upload_takes_the_text_filters(lib):
     body = client.post("/api/similar", files={"file": (photo.name, photo.read_bytes())},
                        data={"k": "40", "place": "paris", "model": "demo"}).json()
     assert [r["id"] for r in body["results"]] == [ids[3]]
+
+
+def test_caption_query_pages_and_date_sort_are_the_vector_ones(lib):
+    library, _, captions, _ = lib
+    for c in captions[:3]:
+        for kw in ({"offset": 4}, {"offset": 9, "min_prob": 0.0}, {"sort": "date"}, {"sort": "date", "offset": 3}):
+            hybrid = library.search(c["caption"], "demo", k=4, **kw)
+            vector = library.search(c["caption"], "demo", k=4, mode="vector", **kw)
+            assert [(r.rank, r.image_id, r.probability) for r in hybrid] == \
+                [(r.rank, r.image_id, r.probability) for r in vector]

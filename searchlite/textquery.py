@@ -3,7 +3,8 @@
 Rules (docs/hybrid-search.md):
 
 - Terms are split as combined queries are (``"Paris + sunset"``: two terms; ``- term`` is ignored here).
-- A term in double quotes (``"INVOICE 4711"``) is an exact phrase: its words in that order, nothing between.
+- A term in double quotes (``"INVOICE 4711"``) is an exact phrase: its words in that order, nothing between
+  (a prefix only with an explicit ``*`` after the last word).
 - Otherwise every word of a term must be in the same field of a photo, as a *whole word* (case and
   accents folded): "car" never matches "card" or "cards". No fuzzy matching.
 - Prefixes: a word ending in ``*`` (``wedd*``) is a prefix in every field; a name-like word (it holds a
@@ -127,9 +128,8 @@ def _name_like(word: str) -> bool:
 def fts_expression(term: Term, names: bool) -> tuple[str, bool]:
     """The FTS5 words-table expression of a term and whether it uses a prefix; ``names``: for the
     name/folder fields, where name-like words are prefixes. Every word is quoted."""
-    if term.phrase:
-        last = term.raw.split()[-1]
-        star = term.words[-1].endswith("*") or (names and ("_" in last or _name_like(last)))
+    if term.phrase:  # quoted: exact everywhere, a prefix only where the user wrote the star
+        star = term.words[-1].endswith("*")
         return _quote(" ".join(w.rstrip("*") for w in term.words)) + (" *" if star else ""), star
     parts, prefix = [], False
     for raw_word, word in zip(_raw_words(term.raw), term.words):

@@ -66,6 +66,8 @@ def test_whole_words_no_car_to_card(catalog):
 def test_quoted_phrase_is_exact(catalog):
     assert _found(catalog, "invoice 4711") == {"a.jpg", "b.jpg"}  # all words, any order
     assert _found(catalog, '"INVOICE 4711"') == {"a.jpg"}  # the phrase only
+    assert _found(catalog, '"IMG 471"') == set()  # quoted: no implicit name prefix
+    assert _found(catalog, '"IMG 471*"') == {"IMG_4711_birthday.jpg"}
 
 
 def test_name_prefix_and_explicit_star(catalog):

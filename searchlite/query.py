@@ -159,9 +159,9 @@ class Filters:
 
         return cls(glob=text("glob"), folder=Path(folder) if folder else None, after=when("after"),
                    before=when("before"), min_width=size("min_width"), min_height=size("min_height"),
-                   formats=tuple(formats), place=_words(text("place"), "place"),
-                   near=parse_near(near, "filter near"), camera=_words(text("camera"), "camera"),
-                   text=_words(text("text"), "text"))
+                   formats=tuple(formats), place=filter_words(text("place"), "place"),
+                   near=parse_near(near, "filter near"), camera=filter_words(text("camera"), "camera"),
+                   text=filter_words(text("text"), "text"))
 
     def active(self) -> bool:
         return any([self.glob, self.folder, self.after, self.before, self.min_width, self.min_height, self.formats,
@@ -210,7 +210,7 @@ class Filters:
         return catalog.folder_condition(self.folder)
 
 
-def _words(value: str | None, name: str) -> str | None:
+def filter_words(value: str | None, name: str) -> str | None:
     """round4-hybrid: a text filter's value, which must hold a word (a letter or digit)."""
     if value is None or not value.strip():
         return None

@@ -219,12 +219,12 @@ def parse_filters(folder: Path | None, glob: str | None, after: str | None, befo
                                      param_hint=option) from exc
 
     # round4-hybrid: the text filters, validated as the HTTP API's
-    from searchlite.query import _words
+    from searchlite.query import filter_words
     from searchlite.textfilters import parse_near
 
     try:
-        extra = {"place": _words(place, "--place"), "near": parse_near(near, "--near"),
-                 "camera": _words(camera, "--camera"), "text": _words(text, "--text")}
+        extra = {"place": filter_words(place, "--place"), "near": parse_near(near, "--near"),
+                 "camera": filter_words(camera, "--camera"), "text": filter_words(text, "--text")}
     except QueryError as exc:
         raise typer.BadParameter(str(exc)) from exc
     return Filters(glob=glob, folder=Path(os.path.abspath(folder.expanduser())) if folder else None, after=date(after, "--after"),

@@ -500,19 +500,30 @@ class Library:
     def search(self, text: str, model: str | None = None, k: int = 20, *, offset: int = 0,
                template: str | None = None, filters: Filters | None = None, min_prob: float | None = None,
                sort: str = "relevance", ensemble: bool = False, cwd: str | Path | None = None,
-               files: bool = True, lang: str | None = None) -> list[SearchResult]:
+               files: bool = True, lang: str | None = None, mode: str = "hybrid",
+               fusion: str = "prob") -> list[SearchResult]:
         """Text-to-image search; the text is wrapped in the model's prompt template. Combined
         queries ("beach + sunset - people", "2:cat + dog", "./photo.jpg + snow") are supported;
         ``ensemble`` averages the 80 OpenAI ImageNet templates (CLIP) instead of one template;
         ``files=False`` treats every term as text (queries that come from the network); ``lang``:
-        the query's language code for models that take one (nllb-clip: FLORES-200, e.g. zho_Hans)."""
+        the query's language code for models that take one (nllb-clip: FLORES-200, e.g. zho_Hans).
+        ``mode``: ``hybrid`` (the embedding fused with the photos' text, results gain ``matches``),
+        ``vector`` (the embedding alone) or ``text``; ``fusion``: ``prob`` or ``rrf`` (see searchlite.hybrid)."""
         if not text.strip():
             raise QueryError("empty query")
         _check_page(k, offset)
+        # round4-hybrid
+        from searchlite import hybrid
+
+        hybrid.check_mode(mode, fusion)
         row = self.model_row(model)
         query, own_ids = self.query_vector(text, row, template, ensemble, cwd, files, lang=lang)
-        return search_vectors(self.catalog, row, self.model_index(row), query, k, filters, exclude_images=own_ids,
-                              min_prob=min_prob, sort=sort, offset=offset)
+        if mode == "vector":
+            return search_vectors(self.catalog, row, self.model_index(row), query, k, filters, exclude_images=own_ids,
+                                  min_prob=min_prob, sort=sort, offset=offset)
+        return hybrid.search(self.catalog, row, self.model_index(row), query, text, k, filters,
+                             exclude_images=own_ids, min_prob=min_prob, sort=sort, offset=offset, mode=mode,
+                             fusion=fusion, cwd=cwd, files=files)
 
     def similar(self, image: str | Path | int | bytes, model: str | None = None, k: int = 20, *, offset: int = 0,
                 filters: Filters | None = None, min_prob: float | None = None,

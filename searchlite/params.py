@@ -164,7 +164,7 @@ def check_formats(values: Any, name: str = "format") -> tuple[str, ...]:
     return tuple(out)
 
 
-FILTER_KEYS = ("glob", "folder", "after", "before", "min_width", "min_height", "formats")
+FILTER_KEYS = ("glob", "folder", "after", "before", "min_width", "min_height", "formats", "place", "near", "camera", "text")
 
 
 def check_filters(data: Any) -> Any:
@@ -187,4 +187,29 @@ def check_filters(data: Any) -> Any:
                    before=parse_when(data.get("before"), end=True, name="before"),
                    min_width=check_size(data.get("min_width"), "min_width"),
                    min_height=check_size(data.get("min_height"), "min_height"),
-                   formats=check_formats(data.get("formats"), "formats"))
+                   formats=check_formats(data.get("formats"), "formats"), **check_text_filters(data))
+
+
+def check_text_filters(data: dict, prefix: str = "") -> dict:
+    """The hybrid-search filters (``place``, ``near``, ``camera``, ``text``) of a request or the CLI:
+    ``near`` as ``[lat, lon, km]`` or ``"LAT,LON,KM"``; the others must hold a word."""
+    from searchlite.errors import QueryError
+    from searchlite.query import filter_words
+    from searchlite.textfilters import parse_near
+
+    near = data.get("near")
+    if isinstance(near, list | tuple):
+        if len(near) != 3 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in near):
+            raise ParamError(f"{prefix or 'filter '}near must be [lat, lon, km] or \"LAT,LON,KM\"")
+        near = ",".join(str(v) for v in near)
+    elif near is not None and not isinstance(near, str):
+        raise ParamError(f"{prefix or 'filter '}near must be [lat, lon, km] or \"LAT,LON,KM\"")
+    out = {}
+    try:
+        for key in ("place", "camera", "text"):
+            value = check_text(data.get(key), f"{prefix}{key}", limit=200)
+            out[key] = filter_words(value, f"{prefix}{key}")
+        out["near"] = parse_near(near, f"{prefix}near")
+    except QueryError as exc:
+        raise ParamError(str(exc)) from exc
+    return out

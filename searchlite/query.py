@@ -80,12 +80,22 @@ class Filters:
     min_width: int | None = None
     min_height: int | None = None
     formats: tuple[str, ...] = ()
+    # round4-hybrid: the text a photo carries and where it was taken (searchlite.textfilters)
+    place: str | None = None  # city, region or country; case- and accent-insensitive words
+    near: tuple[float, float, float] | None = None  # (lat, lon, km)
+    camera: str | None = None  # make / model / lens words
+    text: str | None = None  # the photo carries this text (OCR or metadata)
+
+    TEXT_KEYS = ("place", "near", "camera", "text")
 
     def to_json(self) -> dict:
-        return {"glob": self.glob, "folder": str(self.folder) if self.folder else None,
-                "after": self.after.isoformat() if self.after else None,
-                "before": self.before.isoformat() if self.before else None,
-                "min_width": self.min_width, "min_height": self.min_height, "formats": list(self.formats)}
+        out = {"glob": self.glob, "folder": str(self.folder) if self.folder else None,
+               "after": self.after.isoformat() if self.after else None,
+               "before": self.before.isoformat() if self.before else None,
+               "min_width": self.min_width, "min_height": self.min_height, "formats": list(self.formats)}
+        # round4-hybrid: only when set, so older servers keep accepting the filters of a plain search
+        out.update({k: list(v) if k == "near" else v for k in self.TEXT_KEYS if (v := getattr(self, k)) is not None})
+        return out
 
     @classmethod
     def from_json(cls, data: dict | None) -> Filters:
@@ -95,7 +105,8 @@ class Filters:
         return check_filters(data)
 
     def active(self) -> bool:
-        return any([self.glob, self.folder, self.after, self.before, self.min_width, self.min_height, self.formats])
+        return any([self.glob, self.folder, self.after, self.before, self.min_width, self.min_height, self.formats,
+                    self.place, self.near, self.camera, self.text])  # round4-hybrid: the text filters
 
     def conditions(self, catalog: Catalog) -> list:
         """SQL conditions on images (joined with roots) equivalent to these filters."""
@@ -114,6 +125,24 @@ class Filters:
             conds.append(ImageRow.height >= self.min_height)
         if self.formats:  # aliases, any case (jpg, MPO -> JPEG; tif; heic...); unknown: QueryError
             conds.append(ImageRow.format.in_(format_names(self.formats)))
+        conds += self._text_conditions()  # round4-hybrid
+        return conds
+
+    def _text_conditions(self) -> list:
+        """round4-hybrid: place, near, camera and text as SQL conditions (searchlite.textfilters)."""
+        if not (self.place or self.near or self.camera or self.text):
+            return []
+        from searchlite import textfilters as tf
+
+        conds = []
+        if self.place:
+            conds.append(tf.place_condition(self.place))
+        if self.near:
+            conds.append(tf.near_condition(*self.near))
+        if self.camera:
+            conds.append(tf.camera_condition(self.camera))
+        if self.text:
+            conds.append(tf.contains_condition(self.text))
         return conds
 
     def _folder_condition(self, catalog: Catalog):
@@ -153,6 +182,15 @@ def time_condition(when: datetime, *, after: bool):
                and_(ImageRow.taken_offset.is_not(None), instant >= bound if after else instant <= bound))
 
 
+def filter_words(value: str | None, name: str) -> str | None:
+    """round4-hybrid: a text filter's value, which must hold a word (a letter or digit)."""
+    if value is None or not value.strip():
+        return None
+    if not any(c.isalnum() for c in value):
+        raise QueryError(f"filter {name} needs a word, got {value!r}")
+    return value.strip()
+
+
 @dataclass
 class SearchResult:
     """One ranked image."""
@@ -179,6 +217,14 @@ class SearchResult:
         d = {k: getattr(self, k) for k in self.FIELDS}
         d.update(self.extra)
         return d
+
+
+def result_of(model: ModelRow, hit, cos: float, prob: float) -> SearchResult:  # noqa: ANN001 - a catalog row
+    """One result from a light image row (:meth:`Catalog.results_for_rows`) and its cosine."""
+    extra = {"raw": join_path(hit.root_path, hit.companion)} if hit.companion else {}
+    return SearchResult(0, join_path(hit.root_path, hit.relpath), float(cos), float(model.scale * cos + model.bias),
+                        prob, hit.id, hit.width, hit.height, format_taken(hit.taken_at, hit.taken_offset), extra,
+                        hit.taken_at)
 
 
 def allowed_rows(catalog: Catalog, model: ModelRow, filters: Filters, session: Session | None = None,
@@ -266,11 +312,7 @@ def search_vectors(catalog: Catalog, model: ModelRow, index: ModelIndex, query: 
             prob = float(sigmoid(a * cos + b))
             if cut is None and min_prob is not None and prob < min_prob:
                 continue  # a <= 0: no cosine cut applies, so the probability is checked here
-            extra = {"raw": join_path(hit.root_path, hit.companion)} if hit.companion else {}
-            results.append(SearchResult(0, join_path(hit.root_path, hit.relpath), float(cos),
-                                        float(model.scale * cos + model.bias), prob, hit.id, hit.width,
-                                        hit.height, format_taken(hit.taken_at, hit.taken_offset), extra,
-                                        hit.taken_at))
+            results.append(result_of(model, hit, cos, prob))
     if sort == "date":
         results.sort(key=lambda r: (r.sort_time or datetime.min, r.path))
         results = results[offset:offset + k]

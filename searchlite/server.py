@@ -114,7 +114,7 @@ def parse_request(message: Any) -> tuple[str, dict]:
     if not isinstance(args, dict):
         raise QueryError("args must be an object")
     allowed = {"search": {"text", "model", "k", "offset", "template", "ensemble", "min_prob", "sort", "filters", "cwd",
-                          "lang"},
+                          "lang", "mode", "fusion"},  # round4-hybrid: mode, fusion
                "similar": {"image", "model", "k", "offset", "min_prob", "sort", "filters"}, "ping": set()}[command]
     unknown = set(args) - allowed
     if unknown:
@@ -142,6 +142,8 @@ def parse_request(message: Any) -> tuple[str, dict]:
         out.update(text=text, template=params.check_template(_typed(args, "template", str)),
                    ensemble=_typed(args, "ensemble", bool, False), cwd=cwd,
                    lang=params.check_text(_typed(args, "lang", str), "lang", limit=16))
+        # round4-hybrid: absent means the default (hybrid), so older clients keep working
+        out.update({key: value for key in ("mode", "fusion") if (value := _typed(args, key, str)) is not None})
     else:
         image = params.check_text(_typed(args, "image", str), "image", limit=4096)
         if not image or not os.path.isabs(image):

@@ -188,6 +188,9 @@ def print_results(results, as_json: bool, paths_only: bool, what: str, preview: 
     print(f"{'rank':>{width}}  {'prob':>6}  {'score':>7}  path")
     for r in results:
         print(f"{r.rank:>{width}}  {r.probability:6.3f}  {r.score:7.4f}  {escape_path(r.path)}")
+        for m in r.extra.get("matches") or ():  # round4-hybrid: why the photo matched, one line each
+            line = " ".join(m["text"].split())
+            print(f"{'':>{width + 18}}  {m['field']}: {line if line.isprintable() else escape_path(line)}")
         if protocol:
             print(inline_image(r.path, protocol))
 
@@ -213,18 +216,22 @@ class Progress:
 
 
 def parse_filters(folder: Path | None, glob: str | None, after: str | None, before: str | None,
-                  min_width: int | None, min_height: int | None, fmt: list[str] | None):
+                  min_width: int | None, min_height: int | None, fmt: list[str] | None, place: str | None = None,
+                  near: str | None = None, camera: str | None = None, text: str | None = None):
     """The filter options as Filters, checked by :mod:`searchlite.params` (as the socket server and
     HTTP check theirs): a bad value is a one-line usage error (exit 2). A date without a time is
     the whole day (``--before 2026-12-01`` includes Dec 1); a UTC offset given is kept."""
     from searchlite import Filters, params
 
+    # round4-hybrid: the text filters, validated as the HTTP API's
+    extra = params.check_text_filters({"place": place, "near": near, "camera": camera, "text": text}, prefix="--")
     return Filters(glob=params.check_text(glob, "--glob", limit=4096),
                    folder=Path(os.path.abspath(folder.expanduser())) if folder else None,
                    after=params.parse_when(after, name="--after"),
                    before=params.parse_when(before, end=True, name="--before"),
                    min_width=params.check_size(min_width, "--min-width"),
-                   min_height=params.check_size(min_height, "--min-height"), formats=params.check_formats(fmt, "--format"))
+                   min_height=params.check_size(min_height, "--min-height"), formats=params.check_formats(fmt, "--format"),
+                   **extra)
 
 
 FolderOpt = Annotated[Path | None, typer.Option("--folder", help="Only images under this folder.")]
@@ -239,3 +246,12 @@ FormatOpt = Annotated[list[str] | None, typer.Option("--format", help="Only thes
 Print0Opt = Annotated[bool, typer.Option("--print0", "-0", help="Print paths only, each followed by a NUL "
                                           "byte (exact names, for `xargs -0`).")]
 MinProbOpt = Annotated[float | None, typer.Option("--min-prob", help="Drop results below this probability.")]
+# round4-hybrid: the text filters and the search mode
+PlaceOpt = Annotated[str | None, typer.Option("--place", help="Only photos taken at this place (city, region or "
+                     "country; case and accents ignored).")]
+NearOpt = Annotated[str | None, typer.Option("--near", help="Only photos taken within KM of LAT,LON: 'LAT,LON,KM'.")]
+CameraOpt = Annotated[str | None, typer.Option("--camera", help="Only photos from this camera (make/model words).")]
+TextFilterOpt = Annotated[str | None, typer.Option("--text", help="Only photos that carry this text (OCR or "
+                          "metadata: name, folder, keywords, title, description).")]
+ModeOpt = Annotated[str, typer.Option("--mode", help="hybrid (the embedding fused with the photos' text), vector "
+                                      "(the embedding alone) or text.")]

@@ -40,6 +40,10 @@ def bench(
     plot: Annotated[Path | None, typer.Option("--plot", help="Write recall@k curves to a PNG.")] = None,
     pairs: Annotated[Path | None, typer.Option("--pairs", help="Image->image: CSV of (query, relevant) pairs.")] = None,
     lang: LangOpt = None,
+    hybrid: Annotated[bool, typer.Option("--hybrid", help="Hybrid search benchmark (vector / text / hybrid) on a "
+                                         "set from `python -m searchlite.sample_data.hybrid OUT`.")] = False,
+    truth: Annotated[bool, typer.Option("--truth/--extracted", help="With --hybrid: text rows from the set's "
+                                        "ground truth, or read by the index stage (OCR, GPS, XMP).")] = True,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     library: Annotated[Path | None, typer.Option("--library", "-L", help="Bench cache library.")] = None,
@@ -48,9 +52,19 @@ def bench(
     """Retrieval benchmark: recall@k and MRR per model and rerank pair, plus ANN recall.
 
     DATASET with captions: text->image and image->text. A folder of class subfolders (or --pairs):
-    image->image (recall@k, MRR, mAP)."""
+    image->image (recall@k, MRR, mAP). With --hybrid: recall@1/5 and MRR@10 of search --mode
+    vector, text and hybrid."""
     from searchlite.evaluation.bench import format_table, run_bench, run_image_bench
     from searchlite.evaluation.datasets import is_labelled_folder, read_captions, read_labelled
+
+    if hybrid:  # round4-hybrid
+        from searchlite.evaluation.hybrid_bench import format_hybrid_table, run_hybrid_bench
+
+        source = "truth" if truth else "extracted"
+        lib = _bench_library(Path(f"{dataset.expanduser().resolve()}\x1fhybrid-{source}"), library, device, precision)
+        result = run_hybrid_bench(lib, dataset, model[0], source)
+        print(json.dumps(result, indent=1) if as_json else format_hybrid_table(result))
+        return
 
     try:
         k_values = sorted({int(k) for k in ks.split(",") if k.strip()})

@@ -12,6 +12,7 @@ import typer
 from searchlite.cli.common import (
     AfterOpt,
     BeforeOpt,
+    CameraOpt,
     DeviceOpt,
     FolderOpt,
     FormatOpt,
@@ -23,12 +24,16 @@ from searchlite.cli.common import (
     MinProbOpt,
     MinWOpt,
     ModelOpt,
+    ModeOpt,
+    NearOpt,
+    PlaceOpt,
     PrecisionOpt,
     PreviewOpt,
     Print0Opt,
     Progress,
     RuntimeOpt,
     ServeOpt,
+    TextFilterOpt,
     app,
     escape_path,
     open_library,
@@ -121,23 +126,30 @@ def search(
     candidates: Annotated[int, typer.Option("--candidates", min=1, help="First-stage pool for --rerank.")] = 100,
     fusion: Annotated[str, typer.Option("--fusion", help="replace|rrf|prob (with --rerank).")] = "replace",
     lang: LangOpt = None,
+    mode: ModeOpt = "hybrid",
+    place: PlaceOpt = None, near: NearOpt = None, camera: CameraOpt = None, text_filter: TextFilterOpt = None,
     serve: ServeOpt = False,
     preview: PreviewOpt = False,
     device: DeviceOpt = "auto",
     library: LibraryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Text-to-image search (optionally re-ranked by a second model)."""
+    """Text-to-image search: the embedding fused with the text the photos carry (OCR, place, names,
+    camera, keywords), optionally re-ranked by a second model."""
     from searchlite import params
+    from searchlite.hybrid import MODES
 
     template, min_prob = params.check_template(template, "--template"), params.check_min_prob(min_prob, "--min-prob")
     k = params.check_k(k, "--top")
-    filters = parse_filters(folder, glob, after, before, min_width, min_height, fmt)
+    if mode not in MODES:  # round4-hybrid
+        raise typer.BadParameter(f"--mode must be one of {', '.join(MODES)}")
+    filters = parse_filters(folder, glob, after, before, min_width, min_height, fmt, place, near, camera, text_filter)
     if not rerank:
         served = remote(library, "search", {"text": text, "model": model, "k": k, "template": template,
                                             "ensemble": ensemble, "min_prob": min_prob, "sort": sort,
                                             "filters": filters.to_json(), "cwd": os.getcwd(),
-                                            **({"lang": lang} if lang else {})}, start=serve)
+                                            **({"lang": lang} if lang else {}),
+                                            **({"mode": mode} if mode != "hybrid" else {})}, start=serve)
         if served is not None:
             print_results(served, as_json, paths, f'"{text}"', preview, print0)
             return
@@ -147,7 +159,7 @@ def search(
                              filters=filters, min_prob=min_prob, ensemble=ensemble, sort=sort)
     else:
         results = lib.search(text, model, k, template=template, min_prob=min_prob, sort=sort, filters=filters,
-                             ensemble=ensemble, lang=lang)
+                             ensemble=ensemble, lang=lang, mode=mode)
     print_results(results, as_json, paths, f'"{text}"', preview, print0)
 
 

@@ -177,23 +177,29 @@ class Guard:
 
 def make_filters(folder: str | None = None, glob: str | None = None, after: str | None = None,
                  before: str | None = None, min_width: int | None = None, min_height: int | None = None,
-                 formats: list[str] | None = None) -> Filters:
+                 formats: list[str] | None = None, place: str | None = None, near: str | None = None,
+                 camera: str | None = None, text: str | None = None) -> Filters:
     """The filters of a request, validated exactly as the CLI's and the socket server's."""
     return params.check_filters({"folder": folder or None, "glob": glob or None, "after": after or None,
                                  "before": before or None, "min_width": min_width, "min_height": min_height,
-                                 "formats": formats})
+                                 "formats": formats, "place": place or None, "near": near or None,
+                                 "camera": camera or None, "text": text or None})  # round4-hybrid: the last four
 
 
 def query_filters(folder: Text = None, glob: Text = None, after: Text = None, before: Text = None,
                   min_width: Size = None, min_height: Size = None,
-                  format: Annotated[list[str] | None, Query()] = None) -> Filters:  # noqa: A002
-    return make_filters(folder, glob, after, before, min_width, min_height, format)
+                  format: Annotated[list[str] | None, Query()] = None,  # noqa: A002
+                  place: Text = None, near: Annotated[str | None, Query(max_length=100)] = None,
+                  camera: Text = None, text: Text = None) -> Filters:
+    return make_filters(folder, glob, after, before, min_width, min_height, format, place, near, camera, text)
 
 
 def form_filters(folder: FormText = None, glob: FormText = None, after: FormText = None, before: FormText = None,
                  min_width: FormSize = None, min_height: FormSize = None,
-                 format: Annotated[list[str] | None, Form()] = None) -> Filters:  # noqa: A002
-    return make_filters(folder, glob, after, before, min_width, min_height, format)
+                 format: Annotated[list[str] | None, Form()] = None,  # noqa: A002
+                 place: FormText = None, near: Annotated[str | None, Form(max_length=100)] = None,
+                 camera: FormText = None, text: FormText = None) -> Filters:
+    return make_filters(folder, glob, after, before, min_width, min_height, format, place, near, camera, text)
 
 
 QueryFilters = Annotated[Filters, Depends(query_filters)]
@@ -280,13 +286,14 @@ def create_app(lib: Any, token: str | None = None, *, bound_host: str | None = N
     def search(q: Annotated[str, Query(min_length=1, max_length=2000)], filters: QueryFilters, k: K = 20,
                offset: Offset = 0, model: Text = None, template: Text = None, min_prob: Prob = None,
                sort: Annotated[str, Query(pattern="^(relevance|date)$")] = "relevance",
-               lang: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Za-z_]+$")] = None) -> dict:
+               lang: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Za-z_]+$")] = None,
+               mode: Annotated[str, Query(pattern="^(hybrid|vector|text)$")] = "hybrid") -> dict:
         q = params.check_text(q, "q", required=True)
         k, offset, min_prob = params.check_k(k), params.check_offset(offset), params.check_min_prob(min_prob)
         template, spec = params.check_template(template), known(model)
         with models_locked(lib, [lib.model_row(spec).id]):
             results = lib.search(q, spec, k, offset=offset, template=template, min_prob=min_prob, sort=sort,
-                                 filters=filters, files=False, lang=lang)
+                                 filters=filters, files=False, lang=lang, mode=mode)
         return _page(results, k, offset)
 
     @app.get("/api/similar")

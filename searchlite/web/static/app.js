@@ -20,6 +20,9 @@ function filterParams() {
   if ($("folder").value.trim()) p.set("folder", $("folder").value.trim());
   if ($("after").value) p.set("after", $("after").value);
   if ($("before").value) p.set("before", $("before").value);  // a date alone: the whole day (server side)
+  if ($("place").value.trim()) p.set("place", $("place").value.trim());
+  if ($("camera").value.trim()) p.set("camera", $("camera").value.trim());
+  if ($("text-filter").value.trim()) p.set("text", $("text-filter").value.trim());
   if ($("min-prob").value) p.set("min_prob", $("min-prob").value);
   if (state.model) p.set("model", state.model);
   return p;
@@ -28,6 +31,70 @@ function filterParams() {
 function showError(message) {
   $("error").hidden = !message;
   $("error").textContent = message || "";
+}
+
+// Case- and accent-insensitive form of a string, as the server folds text ("Zürich" -> "zurich").
+const fold = (text) => text.normalize("NFKD").replace(/\p{M}/gu, "").toLowerCase();
+
+// The words of the query to highlight: its terms without quotes, weights, operators and prefix stars.
+function queryWords(q) {
+  return q.split(/\s+[+-]\s+/).flatMap((term) => term.replace(/^-?\d+(\.\d+)?:/, "").replace(/["*]/g, " ")
+    .split(/[\s_.,;:]+/)).map(fold).filter((w) => w.length > 0);
+}
+
+// The text with the query's words marked: built from text nodes and <mark> elements, never HTML,
+// so whatever a photo's text holds (OCR, file names, XMP) is shown as text.
+function highlighted(text, words) {
+  const out = document.createDocumentFragment();
+  let folded = "";
+  const origin = [];  // index in `text` of each character of `folded`
+  [...text].forEach((c, i, chars) => {
+    const at = chars.slice(0, i).join("").length;
+    for (const f of fold(c)) { folded += f; origin.push(at); }
+  });
+  const marks = [];
+  for (const w of words) {
+    for (let at = folded.indexOf(w); at >= 0 && w; at = folded.indexOf(w, at + w.length)) {
+      marks.push([origin[at], (origin[at + w.length] ?? text.length)]);
+    }
+  }
+  marks.sort((a, b) => a[0] - b[0]);
+  let pos = 0;
+  for (const [lo, hi] of marks) {
+    if (lo < pos) continue;  // overlapping words: the first wins
+    out.append(document.createTextNode(text.slice(pos, lo)));
+    const mark = document.createElement("mark");
+    mark.textContent = text.slice(lo, hi);
+    out.append(mark);
+    pos = hi;
+  }
+  out.append(document.createTextNode(text.slice(pos)));
+  return out;
+}
+
+// Why a photo matched (hybrid search): each field's matched text with the query's words marked, and its place.
+function why(result) {
+  const box = document.createElement("div");
+  box.className = "why";
+  const words = queryWords(state.q || "");
+  for (const m of result.matches || []) {
+    const line = document.createElement("p");
+    line.className = "match";
+    line.dataset.field = m.field;
+    const label = document.createElement("b");
+    label.textContent = `${m.field}: `;
+    line.append(label, highlighted(m.text, words));
+    box.append(line);
+  }
+  if (result.place && !(result.matches || []).some((m) => m.field === "place")) {
+    const place = document.createElement("p");
+    place.className = "place";
+    const label = document.createElement("b");
+    label.textContent = "place: ";
+    place.append(label, document.createTextNode(result.place));
+    box.append(place);
+  }
+  return box;
 }
 
 function card(result, onOpen) {
@@ -49,6 +116,7 @@ function card(result, onOpen) {
   similar.textContent = "similar";
   similar.addEventListener("click", () => go({ q: "", similar: result.id }));
   div.append(img, badge, similar);
+  if ((result.matches && result.matches.length) || result.place) div.append(why(result));
   if (result.also_in && result.also_in.length) {
     div.classList.add("agreed");
     const agree = document.createElement("span");
@@ -76,6 +144,8 @@ async function openDetail(result) {
   add("taken", result.taken_at || "unknown");
   add("size", result.width && result.height ? `${result.width} × ${result.height}` : "unknown");
   add("probability", result.probability.toFixed(3));
+  if (result.place) add("place", result.place);
+  for (const m of result.matches || []) add(`matched ${m.field}`, m.text);
   $("detail-similar").onclick = () => { $("detail").close(); go({ q: "", similar: result.id, view: "" }); };
   $("detail").showModal();
   if (state.q) {

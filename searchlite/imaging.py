@@ -362,7 +362,8 @@ def _load_raw(source: str | Path | bytes, target_size: tuple[int, int] | None, m
         raise decode_reasons.classify(exc) from exc
     if not data:
         raise DecodeFailure(decode_reasons.EMPTY, "the file has 0 bytes")
-    image, width, height, taken = decode_raw(data, target_size, max_pixels)
+    image, width, height, taken = decode_raw(data, target_size, max_pixels, opener=open_image,
+                                            read_date=lambda im: exif_meta(im.getexif())[0])
     offset, source_name, camera = None, "raw" if taken else None, None
     try:  # TIFF-based RAWs (DNG, NEF, CR2, ARW, PEF...) carry EXIF Pillow can read (a header read)
         with open_image(io.BytesIO(data)) as header:

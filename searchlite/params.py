@@ -167,13 +167,12 @@ def check_formats(values: Any, name: str = "format") -> tuple[str, ...]:
 FILTER_KEYS = ("glob", "folder", "after", "before", "min_width", "min_height", "formats", "place", "near", "camera", "text")
 
 
-def check_filters(data: Any) -> Any:
+def filter_fields(data: Any) -> dict[str, Any]:
     """A filters object (the JSON form: ``glob``, ``folder``, ``after``, ``before``, ``min_width``,
     ``min_height``, ``formats``) as a validated :class:`searchlite.query.Filters`. ``folder`` is
-    taken as given (the CLI makes it absolute before)."""
+    taken as given (the CLI makes it absolute before). Returns the keyword arguments of
+    :class:`searchlite.query.Filters` (``Filters.from_json`` builds one from them)."""
     from pathlib import Path
-
-    from searchlite.query import Filters
 
     data = data or {}
     if not isinstance(data, dict):
@@ -182,7 +181,7 @@ def check_filters(data: Any) -> Any:
     if unknown:
         raise ParamError(f"unknown filter {sorted(unknown)[0]!r}")
     folder = check_text(data.get("folder"), "folder", limit=4096)
-    return Filters(glob=check_text(data.get("glob"), "glob", limit=4096), folder=Path(folder) if folder else None,
+    return dict(glob=check_text(data.get("glob"), "glob", limit=4096), folder=Path(folder) if folder else None,
                    after=parse_when(data.get("after"), name="after"),
                    before=parse_when(data.get("before"), end=True, name="before"),
                    min_width=check_size(data.get("min_width"), "min_width"),
@@ -194,7 +193,6 @@ def check_text_filters(data: dict, prefix: str = "") -> dict:
     """The hybrid-search filters (``place``, ``near``, ``camera``, ``text``) of a request or the CLI:
     ``near`` as ``[lat, lon, km]`` or ``"LAT,LON,KM"``; the others must hold a word."""
     from searchlite.errors import QueryError
-    from searchlite.query import filter_words
     from searchlite.textfilters import parse_near
 
     near = data.get("near")
@@ -213,3 +211,12 @@ def check_text_filters(data: dict, prefix: str = "") -> dict:
     except QueryError as exc:
         raise ParamError(str(exc)) from exc
     return out
+
+
+def filter_words(value: str | None, name: str) -> str | None:
+    """round4-hybrid: a text filter's value, which must hold a word (a letter or digit)."""
+    if value is None or not value.strip():
+        return None
+    if not any(c.isalnum() for c in value):
+        raise ParamError(f"filter {name} needs a word, got {value!r}")
+    return value.strip()

@@ -99,10 +99,10 @@ class Filters:
 
     @classmethod
     def from_json(cls, data: dict | None) -> Filters:
-        """Parse and validate a filters object from a request (:func:`searchlite.params.check_filters`)."""
-        from searchlite.params import check_filters
+        """Parse and validate a filters object from a request (:func:`searchlite.params.filter_fields`)."""
+        from searchlite.params import filter_fields
 
-        return check_filters(data)
+        return cls(**filter_fields(data))
 
     def active(self) -> bool:
         return any([self.glob, self.folder, self.after, self.before, self.min_width, self.min_height, self.formats,
@@ -181,14 +181,6 @@ def time_condition(when: datetime, *, after: bool):
     return or_(and_(ImageRow.taken_offset.is_(None), plain),
                and_(ImageRow.taken_offset.is_not(None), instant >= bound if after else instant <= bound))
 
-
-def filter_words(value: str | None, name: str) -> str | None:
-    """round4-hybrid: a text filter's value, which must hold a word (a letter or digit)."""
-    if value is None or not value.strip():
-        return None
-    if not any(c.isalnum() for c in value):
-        raise QueryError(f"filter {name} needs a word, got {value!r}")
-    return value.strip()
 
 
 @dataclass

@@ -14,6 +14,7 @@ LibRaw call runs inside the error handling, so a truncated RAW is "truncated: ..
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -55,9 +56,13 @@ def raw_failure(exc: BaseException, rawpy, data: bytes = b"") -> DecodeFailure:
     return DecodeFailure(CORRUPT_DATA, detail)
 
 
-def decode_raw(data: bytes, target_size: Any, max_pixels: int,
+def decode_raw(data: bytes, target_size: Any, max_pixels: int, *, opener: Callable[[Any], Image.Image] = Image.open,
+               read_date: Callable[[Image.Image], datetime | None] = lambda image: None,
                ) -> tuple[Image.Image, int, int, datetime | None]:
-    """(upright RGB image, width, height of the full photo as shown, capture time if read cheaply)."""
+    """(upright RGB image, width, height of the full photo as shown, capture time if read cheaply).
+
+    ``opener`` opens the embedded JPEG preview and ``read_date`` reads its EXIF capture date: the
+    caller's decode entry point passes its own (this module sits below it, so it cannot import it)."""
     rawpy = _rawpy()
     try:
         raw = rawpy.imread(io.BytesIO(data))
@@ -65,14 +70,14 @@ def decode_raw(data: bytes, target_size: Any, max_pixels: int,
         raise raw_failure(exc, rawpy, data) from exc
     with raw:
         try:
-            return _decode_open(raw, rawpy, target_size, max_pixels)
+            return _decode_open(raw, rawpy, target_size, max_pixels, opener, read_date)
         except DecodeFailure:
             raise
         except (rawpy.LibRawError, ValueError, OSError, MemoryError) as exc:
             raise raw_failure(exc, rawpy, data) from exc
 
 
-def _decode_open(raw, rawpy, target_size: Any, max_pixels: int) -> tuple[Image.Image, int, int, datetime | None]:
+def _decode_open(raw, rawpy, target_size: Any, max_pixels: int, opener, read_date) -> tuple[Image.Image, int, int, datetime | None]:
     sizes = raw.sizes
     if sizes.raw_width * sizes.raw_height > max_pixels:
         raise DecodeFailure(TOO_LARGE, f"{sizes.raw_width}x{sizes.raw_height} is over searchlite's limit of "
@@ -81,9 +86,9 @@ def _decode_open(raw, rawpy, target_size: Any, max_pixels: int) -> tuple[Image.I
     if callable(target_size):  # a target that depends on the photo's size (NaFlex)
         target_size = target_size(width, height)
     taken = None
-    image = _preview(raw, rawpy, target_size, max_pixels)
+    image = _preview(raw, rawpy, target_size, max_pixels, opener)
     if image is not None:
-        taken = _exif_date(image)
+        taken = _exif_date(image, read_date)
         image = image.transpose(_FLIPS[sizes.flip]) if sizes.flip in _FLIPS else image
     else:  # LibRaw applies the flip itself here; the sensor data is unpacked now, so `other` is free
         image = Image.fromarray(raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8))
@@ -92,17 +97,15 @@ def _decode_open(raw, rawpy, target_size: Any, max_pixels: int) -> tuple[Image.I
     return image.convert("RGB"), width, height, taken
 
 
-def _exif_date(image: Image.Image) -> datetime | None:
+def _exif_date(image: Image.Image, read_date) -> datetime | None:
     """The capture date in an embedded JPEG preview's EXIF, if any."""
     try:
-        from searchlite.imaging import exif_meta
-
-        return exif_meta(image.getexif())[0]
+        return read_date(image)
     except Exception:  # noqa: BLE001 - the date is optional
         return None
 
 
-def _preview(raw, rawpy, target_size: tuple[int, int] | None, max_pixels: int) -> Image.Image | None:
+def _preview(raw, rawpy, target_size: tuple[int, int] | None, max_pixels: int, opener) -> Image.Image | None:
     """The embedded preview, unrotated, if it is large enough for the model; else None."""
     try:
         thumb = raw.extract_thumb()
@@ -110,10 +113,8 @@ def _preview(raw, rawpy, target_size: tuple[int, int] | None, max_pixels: int) -
         return None
     need = min(target_size) if target_size else 0
     if thumb.format == rawpy.ThumbFormat.JPEG:
-        from searchlite.decoders import open_image
-
         try:
-            image = open_image(io.BytesIO(thumb.data))
+            image = opener(io.BytesIO(thumb.data))
             if image.size[0] * image.size[1] > max_pixels or min(image.size) < need:
                 return None
             if target_size:

@@ -21,11 +21,10 @@ import socket
 import socketserver
 import stat
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from searchlite import LibraryError, QueryError, SearchliteError
+from searchlite import Filters, LibraryError, QueryError, SearchliteError
 from searchlite.paths import is_writable
 
 log = logging.getLogger(__name__)
@@ -130,7 +129,7 @@ def parse_request(message: Any) -> tuple[str, dict]:
         "offset": params.check_offset(args.get("offset")),
         "min_prob": params.check_min_prob(args.get("min_prob")),
         "sort": _typed(args, "sort", str, "relevance"),
-        "filters": params.check_filters(args.get("filters")),
+        "filters": Filters.from_json(args.get("filters")),
     }
     if out["sort"] not in SORTS:
         raise QueryError(f"sort must be one of {', '.join(SORTS)}")
@@ -160,7 +159,7 @@ def _model_refs(lib, command: str, args: dict) -> list[int]:
 def handle(lib, message: Any) -> dict:
     """Answer one request (a dict) with a JSON-able dict; never raises for bad input. Runs without
     the library lock: only the locks of the model it reads (see :mod:`searchlite.service`)."""
-    from searchlite.service import models_locked
+    from searchlite.modellocks import models_locked
 
     try:
         command, args = parse_request(message)
@@ -230,20 +229,3 @@ def close_socket_server(server: socketserver.BaseServer) -> None:
     server.server_close()
     Path(server.socket_file).unlink(missing_ok=True)
 
-
-def serve(lib, models: list[str], on_ready: Callable[[socketserver.BaseServer], None] | None = None,
-          idle_timeout: float | None = None) -> None:
-    """Load the models and their indexes, then answer socket requests until interrupted, until
-    ``idle_timeout`` seconds pass without a request, or until ``server.shutdown()`` on the server
-    passed to ``on_ready`` (see :class:`searchlite.service.Service`, which this runs)."""
-    from searchlite.service import Service
-
-    service = Service(lib, models, idle_timeout=idle_timeout)
-
-    def ready(svc: Service) -> None:
-        shutdown = svc.socket_server.shutdown
-        svc.socket_server.shutdown = lambda: (svc.stop(), shutdown())  # stopping the socket stops the service
-        if on_ready is not None:
-            on_ready(svc.socket_server)
-
-    service.run(ready)

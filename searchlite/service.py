@@ -9,40 +9,16 @@ most for another search on the same model, never for a thumbnail, an image or an
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from searchlite.modellocks import indexed_refs, model_lock, models_locked  # noqa: F401 - re-exported
+
 log = logging.getLogger(__name__)
-
-_LOCKS: weakref.WeakKeyDictionary[Any, dict[int, threading.Lock]] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(lib: Any, model_ref: int) -> threading.Lock:
-    """The lock of one model of a library (shared by every front end of this process)."""
-    with _LOCKS_GUARD:
-        locks = _LOCKS.setdefault(lib, {})
-        return locks.setdefault(model_ref, threading.Lock())
-
-
-@contextlib.contextmanager
-def models_locked(lib: Any, model_refs: Iterable[int]) -> Iterator[None]:
-    """Hold the locks of some models (taken in id order: two requests never deadlock)."""
-    with contextlib.ExitStack() as stack:
-        for ref in sorted(set(model_refs)):
-            stack.enter_context(model_lock(lib, ref))
-        yield
-
-
-def indexed_refs(lib: Any) -> list[int]:
-    return [m.id for m in lib.catalog.models(indexed_only=True)]
-
 
 def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
@@ -148,3 +124,19 @@ class Service:
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
+
+
+def serve(lib, models: list[str], on_ready: Callable[[Any], None] | None = None,
+          idle_timeout: float | None = None) -> None:
+    """Load the models and their indexes, then answer socket requests until interrupted, until
+    ``idle_timeout`` seconds pass without a request, or until ``server.shutdown()`` on the server
+    passed to ``on_ready`` (see :class:`searchlite.service.Service`, which this runs)."""
+    service = Service(lib, models, idle_timeout=idle_timeout)
+
+    def ready(svc: Service) -> None:
+        shutdown = svc.socket_server.shutdown
+        svc.socket_server.shutdown = lambda: (svc.stop(), shutdown())  # stopping the socket stops the service
+        if on_ready is not None:
+            on_ready(svc.socket_server)
+
+    service.run(ready)

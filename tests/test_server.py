@@ -159,7 +159,7 @@ def test_requests_resolve_relative_image_terms_without_chdir(small_library):
 
 
 def test_a_stalled_client_does_not_block_others(small_library):
-    import searchlite.server as server
+    import searchlite.service as server  # serve() runs a Service (socket only)
 
     _, _, lib_dir, _ = small_library
     lib = Library(lib_dir, device="cpu")

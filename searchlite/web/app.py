@@ -40,8 +40,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from searchlite import Filters, QueryError, SearchliteError, SearchResult, params
+from searchlite.modellocks import indexed_refs, models_locked
 from searchlite.paths import printable
-from searchlite.service import indexed_refs, models_locked
 from searchlite.thumbnails import NotServable, servable_path, thumbnail
 from searchlite.web import HostCheck
 
@@ -180,7 +180,7 @@ def make_filters(folder: str | None = None, glob: str | None = None, after: str 
                  formats: list[str] | None = None, place: str | None = None, near: str | None = None,
                  camera: str | None = None, text: str | None = None) -> Filters:
     """The filters of a request, validated exactly as the CLI's and the socket server's."""
-    return params.check_filters({"folder": folder or None, "glob": glob or None, "after": after or None,
+    return Filters.from_json({"folder": folder or None, "glob": glob or None, "after": after or None,
                                  "before": before or None, "min_width": min_width, "min_height": min_height,
                                  "formats": formats, "place": place or None, "near": near or None,
                                  "camera": camera or None, "text": text or None})  # round4-hybrid: the last four

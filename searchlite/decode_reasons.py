@@ -11,6 +11,9 @@ from searchlite.errors import ImageDecodeError
 
 EMPTY, TRUNCATED, CORRUPT_HEADER, CORRUPT_DATA = "empty", "truncated", "corrupt header", "corrupt data"
 TOO_LARGE, NOT_AN_IMAGE, MISSING, PERMISSION = "too large", "not an image", "missing", "permission denied"
+#: every reason, in the order docs/troubleshooting.md lists them (X and <package> name the specific one)
+REASONS = (EMPTY, TRUNCATED, CORRUPT_HEADER, CORRUPT_DATA, "unsupported compression X", TOO_LARGE, NOT_AN_IMAGE,
+           MISSING, PERMISSION, "needs <package>")
 
 #: (magic prefix, offset, format): a file that starts like an image but will not open has a corrupt header
 _SIGNATURES = (

@@ -205,9 +205,7 @@ def _merge(parts: list[_Xmp]) -> dict[str, str]:
 
 def read_meta(path: Path, sidecars: Iterable[Path] = ()) -> MetaText:
     """Camera, GPS, title, description and keywords of an image file and its sidecars (never raises)."""
-    from searchlite.imaging import _open, _register_heif  # header reads under searchlite's own pixel limit
-
-    _register_heif()
+    from searchlite.decoders import open_image  # the one entry point (plugins, searchlite's pixel limit)
 
     parts: list[_Xmp] = []
     for sidecar in sidecars:
@@ -218,7 +216,7 @@ def read_meta(path: Path, sidecars: Iterable[Path] = ()) -> MetaText:
     out = MetaText()
     camera = ""
     try:
-        with _open(os.fspath(path)) as im:
+        with open_image(os.fspath(path)) as im:
             exif = im.getexif()
             camera = camera_text(exif)
             position = gps_of(exif)

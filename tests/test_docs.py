@@ -166,15 +166,9 @@ def test_mkdocs_build_strict(tmp_path):
 
 def test_documented_reasons_are_the_decoders_vocabulary():
     """docs/troubleshooting.md's reason table lists the decode entry point's vocabulary. The decode
-    work of this round defines it (``REASONS`` in searchlite.errors or searchlite.imaging); until
-    that is merged this test skips."""
-    import importlib
+    work of this round defines it (``REASONS`` in searchlite.decode_reasons)."""
+    from searchlite.decode_reasons import REASONS as vocabulary
 
-    vocabulary = None
-    for module in ("searchlite.errors", "searchlite.imaging"):
-        vocabulary = getattr(importlib.import_module(module), "REASONS", None) or vocabulary
-    if vocabulary is None:
-        pytest.skip("no REASONS vocabulary in searchlite.errors / searchlite.imaging yet")
     documented = {re.fullmatch(r"`([^`]+)`", row[0]).group(1)
                   for row in marked_table(DOCS / "troubleshooting.md", "reasons")}
     normalise = {re.sub(r"<[^>]+>|\bX\b", "", str(r)).strip() for r in vocabulary}

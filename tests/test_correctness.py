@@ -199,9 +199,15 @@ def test_4_a_moved_model_folder_keeps_the_library(tmp_path, hf_siglip):
     assert "pass --model with its new location" in lost.stderr and "Traceback" not in lost.stderr
     found = _cli("search", "a dog", "-L", lib_dir, "--json", "--model", f"hf:{moved}")
     assert found.returncode == 0, found.stderr
-    assert json.loads(found.stdout) == before  # the stored vectors answer
+
+    def same(results: list[dict]) -> bool:  # the stored vectors answer; the query vector comes from the
+        # torch tower now and from the ONNX export before (the query cache is per process since round 4)
+        return [r["image_id"] for r in results] == [r["image_id"] for r in before] and \
+            np.allclose([r["score"] for r in results], [r["score"] for r in before], atol=1e-5)
+
+    assert same(json.loads(found.stdout))
     again = _cli("search", "a dog", "-L", lib_dir, "--json")  # the new location was recorded
-    assert again.returncode == 0 and json.loads(again.stdout) == before
+    assert again.returncode == 0 and same(json.loads(again.stdout))
     reindexed = _cli("index", str(tmp_path / "photos"), "-m", f"hf:{moved}", "-L", lib_dir, "--json")
     assert json.loads(reindexed.stdout)["unchanged"] == len(photos) and json.loads(reindexed.stdout)["added"] == 0
 
@@ -369,10 +375,11 @@ def test_12_open_clip_minimum_supports_local_dir_folders():
 @pytest.mark.parametrize("template", ["no placeholder", "a {x} b", "{} and {}", "{0}"])
 def test_bad_templates_are_one_line_errors(library, template):
     lib, _ = library
-    with pytest.raises(QueryError, match="exactly one"):
+    with pytest.raises(QueryError, match="exactly one|only a bare"):
         lib.search("x", template=template)
     out = _cli("search", "x", "--template", template, "-L", str(lib.path))
-    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    # round 4: a bad parameter is a usage error (searchlite.params: exit 2), one line, everywhere
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
 
 
 

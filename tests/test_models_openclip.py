@@ -192,7 +192,7 @@ def test_nllb_language_codes(families, libraries, photos, tmp_path):
     emb = load_embedder(f"openclip:{folder}", device="cpu", precision="fp32")
     assert emb.default_lang == "eng_Latn"
     query = "一只猫的照片"
-    prompt = emb.template.format(query)
+    prompt = _prompt(emb, query)  # raw text: nllb-siglip is multilingual (its zoo family)
     vectors = {}
     for lang in ("zho_Hans", "jpn_Jpan", None):
         ref_img, ref_txt, ref_logits, _ = reference_vectors(folder, paths, [prompt], lang or "eng_Latn")

@@ -135,12 +135,13 @@ def test_the_library_rule_is_the_watchers_rule(tmp_path):
 def test_files_skipped_for_their_extension_are_counted(tmp_path):
     photos = tmp_path / "photos"
     _photo(photos / "a.jpg", (1, 2, 3))
-    for name in ("clip.MOV", "x.psd", "y.psd", "notes.txt", "README", "sub/z.qoi"):
+    # .pdf is a format Pillow registers that is no photo (decoders.NOT_PHOTOS); .xyz nothing reads
+    for name in ("clip.MOV", "x.pdf", "y.PDF", "notes.txt", "README", "sub/z.xyz"):
         (photos / name).parent.mkdir(parents=True, exist_ok=True)
         (photos / name).write_bytes(b"not indexed")
-    (photos / ".hidden.psd").write_bytes(b"hidden files are not counted")
+    (photos / ".hidden.pdf").write_bytes(b"hidden files are not counted")
     summary = _index(tmp_path / "lib", str(photos))
-    assert summary["skipped_by_extension"] == {".mov": 1, ".psd": 2, ".txt": 1, "": 1, ".qoi": 1}
+    assert summary["skipped_by_extension"] == {".mov": 1, ".pdf": 2, ".txt": 1, "": 1, ".xyz": 1}
     assert summary["skipped"] == 1  # videos, as before
 
 

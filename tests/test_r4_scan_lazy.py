@@ -82,7 +82,9 @@ def _read_only(tmp_path: Path, monkeypatch) -> Path:
 def test_watch_on_a_read_only_library_exits_with_one_line(tmp_path, monkeypatch):
     photos = _read_only(tmp_path, monkeypatch)
     with pytest.raises(LibraryError, match="read-only.*`watch`"):
-        Library(tmp_path / "lib").watch([photos])
+        from searchlite.watch import start_watching
+
+        start_watching(Library(tmp_path / "lib"), [photos])
     out = runner.invoke(app, ["watch", str(photos), "-L", str(tmp_path / "lib")])
     # a SearchliteError: the CLI's entry point prints it as one line and exits non-zero (no loop)
     assert out.exit_code != 0 and isinstance(out.exception, LibraryError) and "`watch`" in str(out.exception)

@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -50,16 +49,24 @@ def write_heic(path: Path, size: tuple[int, int], seed: int) -> None:
 
 
 def child_peak_mb(argv: list[str], env: dict) -> tuple[float, float, subprocess.CompletedProcess]:
-    """Run ``argv`` to completion; (its peak RSS in MB, seconds, the result). One child at a time,
-    so RUSAGE_CHILDREN's maximum is this child's when it exceeds every earlier one."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run ``argv`` to completion; (its own peak RSS in MB from ``wait4``, seconds, the result).
+
+    Linux carries a process's high-water RSS across ``exec``, so a child forked from a large parent
+    reports the parent's size: the photos are therefore written by a child of their own, and this
+    process stays small when it starts the measured one."""
     start = time.perf_counter()
-    out = subprocess.run(argv, capture_output=True, text=True, env=env)
+    import threading
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    errs: list[str] = []
+    reader = threading.Thread(target=lambda: errs.append(proc.stderr.read()))
+    reader.start()
+    out = proc.stdout.read()
+    reader.join()
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (not Popen.wait: it would reap it)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak <= before:
-        peak = float("nan")  # not above an earlier child: unknown (run the phases separately)
-    return peak / 1024, seconds, out
+    return usage.ru_maxrss / 1024, seconds, subprocess.CompletedProcess(argv, proc.returncode, out, "".join(errs))
 
 
 def main() -> None:
@@ -77,15 +84,17 @@ def main() -> None:
     photos, library = folder / "photos", folder / "library"
     photos.mkdir()
     start = time.perf_counter()
-    for i in range(args.files):
-        write_heic(photos / f"big-{i}.heic", size, seed=i)
+    for i in range(args.files):  # in a child: this process must stay small (see child_peak_mb)
+        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from bigphoto import write_heic; " \
+               f"from pathlib import Path; write_heic(Path({str(photos / f'big-{i}.heic')!r}), {tuple(size)!r}, {i})"
+        subprocess.run([sys.executable, "-c", code], check=True)
     print(f"wrote {args.files} x {size[0]}x{size[1]} HEIC in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result: dict = {"megapixels": round(size[0] * size[1] / 1e6, 1), "size": list(size), "files": args.files,
                     "file_mb": round(sum(p.stat().st_size for p in photos.iterdir()) / 1e6, 1), "goal_mb": GOAL_MB}
-    if args.compare_full:  # first: the plain decode uses more, so the index run's peak stays measurable after
+    if args.compare_full:  # first: each child reports its own peak (wait4)
         code = ("import sys, pillow_heif; from PIL import Image; pillow_heif.register_heif_opener(); "
-                "im = Image.open(sys.argv[1]); im.load(); im.convert('RGB')")
+                "Image.MAX_IMAGE_PIXELS = None; im = Image.open(sys.argv[1]); im.load(); im.convert('RGB')")
         peak, seconds, out = child_peak_mb([sys.executable, "-c", code, str(photos / "big-0.heic")], env)
         result["plain_full_decode"] = {"peak_rss_mb": round(peak), "seconds": round(seconds, 1),
                                        "ok": out.returncode == 0}

@@ -207,7 +207,7 @@ def check_text_filters(data: dict, prefix: str = "") -> dict:
         for key in ("place", "camera", "text"):
             value = check_text(data.get(key), f"{prefix}{key}", limit=200)
             out[key] = filter_words(value, f"{prefix}{key}")
-        out["near"] = parse_near(near, f"{prefix}near")
+        out["near"] = parse_near(check_text(near, f"{prefix}near", limit=100), f"{prefix}near")
     except QueryError as exc:
         raise ParamError(str(exc)) from exc
     return out
